@@ -1,0 +1,210 @@
+"""`Network`: a validated graph of IR nodes plus the FS codes they use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from fs_hw.errors import ValidationError
+from fs_hw.ir.code import FSCode
+from fs_hw.ir.nodes import FSActivation, Input, Node, Readout, Shape
+
+
+@dataclass(frozen=True, eq=False)
+class Network:
+    """An FS network: nodes, the codes they name, and metadata.
+
+    Construction validates everything: unique names, known inputs, no cycles, exactly
+    one :class:`~fs_hw.ir.nodes.Readout`, every edge's shape, every named code known,
+    and all codes with the same number of steps ``K`` (one stage of the pipeline lasts
+    K steps).
+
+    Timing: spiking nodes (coded inputs and FS activations) are *stages*. A coded input
+    is stage 0; an FS activation is one stage after the latest stage that feeds it; the
+    read-out is read once that stage's K steps are done. Stage ``s`` runs at global
+    steps ``[s·K, (s+1)·K)``, and ``time_steps = (readout stage)·K``.
+    """
+
+    nodes: tuple[Node, ...]
+    codes: Mapping[str, FSCode]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        nodes = tuple(self.nodes)
+        object.__setattr__(self, "nodes", nodes)
+        codes = dict(self.codes)
+        for key, code in codes.items():
+            if not isinstance(code, FSCode):
+                raise ValidationError(f"network code {key!r}", "code", f"must be an FSCode, got {type(code).__name__}")
+            if code.name != key:
+                raise ValidationError(f"network code {key!r}", "name", f"code is named {code.name!r}")
+        object.__setattr__(self, "codes", codes)
+        object.__setattr__(self, "metadata", dict(self.metadata))
+        self._validate()
+
+    # -- structure ---------------------------------------------------------------------
+    def _validate(self) -> None:
+        by_name: dict[str, Node] = {}
+        for node in self.nodes:
+            if not isinstance(node, Node):
+                raise ValidationError("network", "nodes", f"{node!r} is not an IR node")
+            if node.name in by_name:
+                raise ValidationError(node.label, "name", "used by more than one node")
+            by_name[node.name] = node
+        for node in self.nodes:
+            for src in node.inputs:
+                if src not in by_name:
+                    raise ValidationError(node.label, "input", f"refers to unknown node {src!r}")
+                if isinstance(by_name[src], Readout):
+                    raise ValidationError(node.label, "input", f"reads from read-out {src!r}")
+        readouts = [n for n in self.nodes if isinstance(n, Readout)]
+        if len(readouts) != 1:
+            raise ValidationError("network", "readout", f"needs exactly one read-out node, found {len(readouts)}")
+        if not any(isinstance(n, Input) for n in self.nodes):
+            raise ValidationError("network", "input", "has no input node")
+        _ = self.order  # raises on cycles
+        used_K = {}
+        for node in self.nodes:
+            code_name = node.code if isinstance(node, (Input, FSActivation)) else None
+            if code_name is None:
+                continue
+            if code_name not in self.codes:
+                raise ValidationError(node.label, "code", f"unknown FS code {code_name!r}; known: {sorted(self.codes)}")
+            used_K[node.name] = self.codes[code_name].K
+        if len(set(used_K.values())) > 1:
+            first = next(iter(used_K))
+            for name, k in used_K.items():
+                if k != used_K[first]:
+                    raise ValidationError(
+                        f"node {name!r}", "code",
+                        f"K mismatch: its code has K={k}, node {first!r}'s has K={used_K[first]}",
+                    )
+        _ = self.shapes  # raises on shape mismatch
+
+    @cached_property
+    def by_name(self) -> dict[str, Node]:
+        return {n.name: n for n in self.nodes}
+
+    @cached_property
+    def order(self) -> tuple[Node, ...]:
+        """Nodes in a topological order (stable: ties keep file order)."""
+        by_name = {n.name: n for n in self.nodes}
+        state: dict[str, int] = {}
+        out: list[Node] = []
+        for root in self.nodes:
+            if root.name in state:
+                continue
+            stack = [(root, iter(root.inputs))]
+            state[root.name] = 1
+            while stack:
+                node, it = stack[-1]
+                nxt = next(it, None)
+                if nxt is None:
+                    stack.pop()
+                    state[node.name] = 2
+                    out.append(node)
+                elif state.get(nxt) == 1:
+                    raise ValidationError(node.label, "input", f"cycle through {nxt!r}")
+                elif nxt not in state:
+                    state[nxt] = 1
+                    stack.append((by_name[nxt], iter(by_name[nxt].inputs)))
+        return tuple(out)
+
+    @cached_property
+    def shapes(self) -> dict[str, Shape]:
+        """Per-sample output shape of every node, checked edge by edge."""
+        shapes: dict[str, Shape] = {}
+        for node in self.order:
+            shapes[node.name] = node.infer_shape([shapes[s] for s in node.inputs])
+        return shapes
+
+    @cached_property
+    def consumers(self) -> dict[str, tuple[str, ...]]:
+        out: dict[str, list[str]] = {n.name: [] for n in self.nodes}
+        for node in self.order:
+            for src in node.inputs:
+                out[src].append(node.name)
+        return {k: tuple(v) for k, v in out.items()}
+
+    @property
+    def readout(self) -> Readout:
+        return next(n for n in self.nodes if isinstance(n, Readout))  # type: ignore[return-value]
+
+    @property
+    def input(self) -> Input:
+        inputs = [n for n in self.nodes if isinstance(n, Input)]
+        if len(inputs) != 1:
+            raise ValidationError("network", "input", f"has {len(inputs)} inputs; this call needs one")
+        return inputs[0]  # type: ignore[return-value]
+
+    def is_spiking(self, node: Node) -> bool:
+        return isinstance(node, FSActivation) or (isinstance(node, Input) and node.code is not None)
+
+    @cached_property
+    def K(self) -> int:
+        """Steps per stage (the common K of all codes in use; 1 if none is used)."""
+        for node in self.nodes:
+            if self.is_spiking(node):
+                return self.codes[node.code].K  # type: ignore[attr-defined]
+        return 1
+
+    @cached_property
+    def stages(self) -> dict[str, int]:
+        """Stage of every node; linear nodes get the latest stage feeding them."""
+        stage: dict[str, int] = {}
+        for node in self.order:
+            upstream = max((stage[s] for s in node.inputs), default=-1)
+            if isinstance(node, Input):
+                stage[node.name] = 0 if node.code is not None else -1
+            elif isinstance(node, (FSActivation, Readout)):
+                stage[node.name] = upstream + 1
+            else:
+                stage[node.name] = upstream
+        return stage
+
+    @property
+    def time_steps(self) -> int:
+        """Steps from the first input spike until the read-out is complete."""
+        return max(self.stages[self.readout.name], 0) * self.K
+
+    def code_of(self, node: Node) -> FSCode:
+        return self.codes[node.code]  # type: ignore[attr-defined]
+
+    def spiking_nodes(self) -> list[Node]:
+        return [n for n in self.order if self.is_spiking(n)]
+
+    def neuron_counts(self) -> dict[str, int]:
+        return {n.name: int(np.prod(self.shapes[n.name])) for n in self.spiking_nodes()}
+
+    # -- editing (returns new networks) ------------------------------------------------
+    def replace(self, nodes: Iterable[Node] | None = None, codes: Mapping[str, FSCode] | None = None,
+                metadata: Mapping[str, Any] | None = None) -> "Network":
+        return Network(
+            tuple(self.nodes if nodes is None else nodes),
+            dict(self.codes if codes is None else codes),
+            dict(self.metadata if metadata is None else metadata),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Network):
+            return NotImplemented
+        return (
+            self.nodes == other.nodes
+            and dict(self.codes) == dict(other.codes)
+            and dict(self.metadata) == dict(other.metadata)
+        )
+
+    __hash__ = object.__hash__
+
+    def summary(self) -> str:
+        lines = []
+        for node in self.order:
+            extra = f" code={node.code}" if hasattr(node, "code") and node.code else ""
+            lines.append(
+                f"{node.name:<16} {node.kind:<10} stage {self.stages[node.name]:>2}  "
+                f"{str(self.shapes[node.name]):<16}{extra}"
+            )
+        return "\n".join(lines)

@@ -1,0 +1,305 @@
+r"""Typed, immutable IR nodes.
+
+Every node has a ``name`` and the names of its ``inputs``. Shapes are per sample
+(channels first: ``(C, H, W)`` for images, ``(N,)`` for vectors). Numeric parameters
+are read-only float64 numpy arrays. Node semantics (what the reference computes):
+
+* :class:`Input` ``x``: the sample. With ``code`` set, it enters as spikes: the named
+  FS code runs on ``x`` (stage 0) and downstream nodes see its output
+  :math:`\sum_t d(t) z(t)`. With ``code=None`` the input stays analog, stated here.
+* :class:`Dense`: :math:`W x + b`, ``weight`` of shape ``(out, in)``.
+* :class:`Conv2d`: cross-correlation with ``weight (C_out, C_in, kh, kw)``, ``bias``,
+  ``stride``, zero ``padding`` (as ``torch.nn.functional.conv2d``).
+* :class:`AvgPool2d`: mean over ``kernel`` windows with ``stride``, no padding;
+  ``kernel=None`` pools globally to ``(C, 1, 1)``.
+* :class:`Flatten`: ``(C, H, W) -> (C·H·W,)`` in C order.
+* :class:`Add`: elementwise sum of its inputs (a residual connection).
+* :class:`FSActivation`: every element runs the named FS code on its input.
+* :class:`Readout`: the network's output, the value (membrane) of its input node.
+
+Dense, Conv2d, AvgPool2d, Flatten and Add are *linear* nodes: on a chip they are
+synapses. FSActivation and coded Input are *spiking* nodes: they are neurons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fs_hw.errors import ValidationError
+
+Shape = tuple[int, ...]
+
+
+def _array(value: Any, obj: str, name: str, ndim: int) -> np.ndarray:
+    try:
+        arr = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(obj, name, f"not numeric ({exc})") from None
+    if arr.ndim != ndim:
+        raise ValidationError(obj, name, f"must have {ndim} dimensions, got shape {arr.shape}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValidationError(
+            obj, name, f"{int(bad.sum())} non-finite value(s), first {arr[idx]} at index {idx}"
+        )
+    arr.setflags(write=False)
+    return arr
+
+
+def _pair(value: Any, obj: str, name: str, minimum: int) -> tuple[int, int]:
+    if isinstance(value, (int, np.integer)):
+        value = (value, value)
+    try:
+        a, b = (int(v) for v in value)
+        if (a, b) != tuple(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValidationError(obj, name, f"must be an int or a pair of ints, got {value!r}") from None
+    if a < minimum or b < minimum:
+        raise ValidationError(obj, name, f"must be >= {minimum}, got {(a, b)}")
+    return (a, b)
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """Base of all IR nodes."""
+
+    kind: ClassVar[str] = "node"
+    linear: ClassVar[bool] = False
+    array_fields: ClassVar[tuple[str, ...]] = ()
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or "/" in self.name:
+            raise ValidationError(
+                f"{self.kind} node", "name", f"must be a non-empty string without '/', got {self.name!r}"
+            )
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.name!r}"
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return ()
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in self.array_fields}
+
+    def attrs(self) -> dict[str, Any]:
+        """JSON-able parameters (everything except name, inputs and arrays)."""
+        out = {}
+        for f in fields(self):
+            if f.name in ("name", "input", "operands") or f.name in self.array_fields:
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def infer_shape(self, in_shapes: list[Shape]) -> Shape:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if type(self) is not type(other):
+            return NotImplemented
+        return (
+            self.name == other.name
+            and self.inputs == other.inputs
+            and self.attrs() == other.attrs()
+            and all(np.array_equal(a, other.arrays()[k]) for k, a in self.arrays().items())
+        )
+
+    __hash__ = object.__hash__
+
+
+@dataclass(frozen=True, eq=False)
+class Input(Node):
+    kind: ClassVar[str] = "input"
+    shape: Shape = ()
+    code: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            shape = tuple(int(s) for s in self.shape)
+        except (TypeError, ValueError):
+            raise ValidationError(self.label, "shape", f"must be a tuple of ints, got {self.shape!r}") from None
+        if not shape or any(s < 1 for s in shape):
+            raise ValidationError(self.label, "shape", f"must be non-empty with positive sizes, got {shape}")
+        object.__setattr__(self, "shape", shape)
+
+    def infer_shape(self, in_shapes: list[Shape]) -> Shape:
+        return self.shape
+
+
+@dataclass(frozen=True, eq=False)
+class _Unary(Node):
+    input: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.input, str) or not self.input:
+            raise ValidationError(self.label, "input", f"must name a node, got {self.input!r}")
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input,)
+
+
+@dataclass(frozen=True, eq=False)
+class Dense(_Unary):
+    kind: ClassVar[str] = "dense"
+    linear: ClassVar[bool] = True
+    array_fields: ClassVar[tuple[str, ...]] = ("weight", "bias")
+    weight: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    bias: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "weight", _array(self.weight, self.label, "weight", 2))
+        object.__setattr__(self, "bias", _array(self.bias, self.label, "bias", 1))
+        if self.bias.shape[0] != self.weight.shape[0]:
+            raise ValidationError(
+                self.label, "bias", f"has {self.bias.shape[0]} entries, weight has {self.weight.shape[0]} rows"
+            )
+
+    def infer_shape(self, in_shapes: list[Shape]) -> Shape:
+        (shape,) = in_shapes
+        if len(shape) != 1 or shape[0] != self.weight.shape[1]:
+            raise ValidationError(
+                self.label, "weight", f"expects input of shape ({self.weight.shape[1]},), got {shape}"
+            )
+        return (self.weight.shape[0],)
+
+
+@dataclass(frozen=True, eq=False)
+class Conv2d(_Unary):
+    kind: ClassVar[str] = "conv2d"
+    linear: ClassVar[bool] = True
+    array_fields: ClassVar[tuple[str, ...]] = ("weight", "bias")
+    weight: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 1, 1)))
+    bias: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "weight", _array(self.weight, self.label, "weight", 4))
+        object.__setattr__(self, "bias", _array(self.bias, self.label, "bias", 1))
+        object.__setattr__(self, "stride", _pair(self.stride, self.label, "stride", 1))
+        object.__setattr__(self, "padding", _pair(self.padding, self.label, "padding", 0))
+        if self.bias.shape[0] != self.weight.shape[0]:
+            raise ValidationError(
+                self.label, "bias", f"has {self.bias.shape[0]} entries, weight has {self.weight.shape[0]} output channels"
+            )
+
+    def infer_shape(self, in_shapes: list[Shape]) -> Shape:
+        (shape,) = in_shapes
+        co, ci, kh, kw = self.weight.shape
+        if len(shape) != 3 or shape[0] != ci:
+            raise ValidationError(self.label, "weight", f"expects input (C={ci}, H, W), got {shape}")
+        h = (shape[1] + 2 * self.padding[0] - kh) // self.stride[0] + 1
+        w = (shape[2] + 2 * self.padding[1] - kw) // self.stride[1] + 1
+        if h < 1 or w < 1:
+            raise ValidationError(self.label, "weight", f"kernel {kh}x{kw} larger than padded input {shape}")
+        return (co, h, w)
+
+
+@dataclass(frozen=True, eq=False)
+class AvgPool2d(_Unary):
+    kind: ClassVar[str] = "avgpool2d"
+    linear: ClassVar[bool] = True
+    kernel: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kernel is not None:
+            object.__setattr__(self, "kernel", _pair(self.kernel, self.label, "kernel", 1))
+            stride = self.kernel if self.stride is None else self.stride
+            object.__setattr__(self, "stride", _pair(stride, self.label, "stride", 1))
+        elif self.stride is not None:
+            raise ValidationError(self.label, "stride", "global pooling (kernel=None) takes no stride")
+
+    def window(self, shape: Shape) -> tuple[tuple[int, int], tuple[int, int]]:
+        if self.kernel is None:
+            return (shape[1], shape[2]), (shape[1], shape[2])
+        return self.kernel, self.stride  # type: ignore[return-value]
+
+    def infer_shape(self, in_shapes: list[Shape]) -> Shape:
+        (shape,) = in_shapes
+        if len(shape) != 3:
+            raise ValidationError(self.label, "input", f"expects (C, H, W), got {shape}")
+        (kh, kw), (sh, sw) = self.window(shape)
+        if kh > shape[1] or kw > shape[2]:
+            raise ValidationError(self.label, "kernel", f"{kh}x{kw} larger than input {shape}")
+        return (shape[0], (shape[1] - kh) // sh + 1, (shape[2] - kw) // sw + 1)
+
+
+@dataclass(frozen=True, eq=False)
+class Flatten(_Unary):
+    kind: ClassVar[str] = "flatten"
+    linear: ClassVar[bool] = True
+
+    def infer_shape(self, in_shapes: list[Shape]) -> Shape:
+        (shape,) = in_shapes
+        return (int(np.prod(shape)),)
+
+
+@dataclass(frozen=True, eq=False)
+class Add(Node):
+    kind: ClassVar[str] = "add"
+    linear: ClassVar[bool] = True
+    operands: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        names = tuple(self.operands)
+        if len(names) < 2 or not all(isinstance(n, str) and n for n in names):
+            raise ValidationError(self.label, "inputs", f"must name at least two nodes, got {names!r}")
+        object.__setattr__(self, "operands", names)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.operands
+
+    def infer_shape(self, in_shapes: list[Shape]) -> Shape:
+        first = in_shapes[0]
+        for name, shape in zip(self.operands, in_shapes):
+            if shape != first:
+                raise ValidationError(
+                    self.label, "inputs", f"shape mismatch: {self.operands[0]!r} is {first}, {name!r} is {shape}"
+                )
+        return first
+
+
+@dataclass(frozen=True, eq=False)
+class FSActivation(_Unary):
+    kind: ClassVar[str] = "fs"
+    code: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.code, str) or not self.code:
+            raise ValidationError(self.label, "code", f"must name an FS code, got {self.code!r}")
+
+    def infer_shape(self, in_shapes: list[Shape]) -> Shape:
+        return in_shapes[0]
+
+
+@dataclass(frozen=True, eq=False)
+class Readout(_Unary):
+    kind: ClassVar[str] = "readout"
+
+    def infer_shape(self, in_shapes: list[Shape]) -> Shape:
+        return in_shapes[0]
+
+
+NODE_TYPES: dict[str, type[Node]] = {
+    cls.kind: cls for cls in (Input, Dense, Conv2d, AvgPool2d, Flatten, Add, FSActivation, Readout)
+}

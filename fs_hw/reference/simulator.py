@@ -1,0 +1,281 @@
+r"""The reference simulator: the semantics every backend reproduces.
+
+Two modes compute the same network and must give the same spikes:
+
+**fast** (``mode="fast"``): nodes in topological order, each once, on whole batches.
+A spiking node runs :func:`fs_hw.dynamics.simulate_fs` on its input
+
+.. math:: y_j = \sum_{t<K} d(t)\, z_j(t), \qquad z_j = \mathrm{FS}(x_j)
+
+and a linear node applies its map to the decoded outputs :math:`y` of its inputs
+(:math:`W y + b` for dense and conv2d, window means for pooling, sums for residual
+adds). This is valid because :math:`\sum_t W d(t) z(t) = W y`.
+
+**spike** (``mode="spike"``): time is stepped globally. Stage :math:`s` (see
+:class:`fs_hw.ir.network.Network`) runs during steps :math:`[sK, (s+1)K)`. At its first
+step a spiking node sets :math:`v = ` (bias part of its input) + (everything its
+accumulator received); at every step it calls :func:`fs_hw.dynamics.fs_step`, and each
+spike is delivered at once through the bias-free linear maps, weighted by
+:math:`w \cdot d(t)`, into the accumulators of the spiking nodes and read-out
+downstream. Those accumulators keep their sums until their own stage starts, which is
+what aligns a residual connection that skips stages (a chip needs delays or relays for
+this). The read-out is read after the last stage.
+
+Arithmetic follows a :class:`fs_hw.backend.NumericProfile`: ``float64`` for the FS
+semantics of the IR, or an integer type for a chip's fixed-point state, in which case
+every weight, table entry and scaled input must be an integer and every sum is exact,
+so both modes agree bit for bit and the result predicts the chip exactly. In float64 the
+two modes add the same terms in a different order, so read-out values can differ in the
+last bits; spikes are compared exactly by the tests.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from fs_hw.backend import FLOAT64, NumericProfile, RunResult
+from fs_hw.codes.relu import relu_closed_form, relu_grid
+from fs_hw.dynamics import fs_step, simulate_fs
+from fs_hw.errors import ValidationError
+from fs_hw.ir.code import FSCode
+from fs_hw.ir.network import Network
+from fs_hw.ir.nodes import FSActivation, Input, Node, Readout
+from fs_hw.reference.ops import LIBRARIES, apply_linear
+
+MODES = ("fast", "spike")
+
+
+class _Tables:
+    """A code's tables in the profile's dtype (integer-valued when the profile is)."""
+
+    def __init__(self, code: FSCode, profile: NumericProfile):
+        dtype = np.dtype(profile.dtype)
+        self.code = code
+        self.rule = code.rule
+        self.grid = relu_grid(code) if dtype.kind == "f" else None
+        if dtype.kind in "iu":
+            for key in "Thd":
+                table = getattr(code, key)
+                if not np.array_equal(table, np.round(table)):
+                    raise ValidationError(
+                        f"FSCode {code.name!r}", key,
+                        f"profile {profile.name!r} needs integer tables, got {table[table != np.round(table)][0]}",
+                    )
+        self.T, self.h, self.d = (getattr(code, k).astype(dtype) for k in "Thd")
+
+
+def prepare_inputs(network: Network, inputs: np.ndarray, profile: NumericProfile) -> np.ndarray:
+    """Check the input batch and convert it to the profile's units and dtype."""
+    node = network.input
+    x = np.asarray(inputs)
+    if x.ndim == len(node.shape):
+        x = x[None]
+    if x.shape[1:] != node.shape:
+        raise ValidationError(
+            f"input {node.name!r}", "shape", f"expects samples of shape {node.shape}, got {x.shape[1:]}"
+        )
+    if not np.issubdtype(x.dtype, np.number):
+        raise ValidationError(f"input {node.name!r}", "dtype", f"must be numeric, got {x.dtype}")
+    x = x.astype(np.float64)
+    if not np.all(np.isfinite(x)):
+        raise ValidationError(f"input {node.name!r}", "values", f"{int((~np.isfinite(x)).sum())} non-finite values")
+    x = x * profile.input_scale
+    if profile.is_integer:
+        x = np.floor(x + 0.5) if profile.input_rounding == "nearest" else np.floor(x)
+    return x.astype(profile.dtype)
+
+
+def run_reference(
+    network: Network,
+    inputs: np.ndarray,
+    mode: str = "fast",
+    profile: NumericProfile = FLOAT64,
+    record_spikes: bool = False,
+    library: str = "numpy",
+    batch_size: int | None = None,
+    progress: Iterable | None = None,
+) -> RunResult:
+    """Run ``network`` on ``inputs`` (``(N, *input_shape)``) and return a :class:`RunResult`.
+
+    ``batch_size`` splits the batch (results are concatenated); ``library`` picks the
+    kernel library for convolutions (``"numpy"`` or ``"torch"``, same float64 sums).
+    """
+    if mode not in MODES:
+        raise ValidationError("run_reference", "mode", f"must be one of {MODES}, got {mode!r}")
+    if library not in LIBRARIES:
+        raise ValidationError("run_reference", "library", f"must be one of {LIBRARIES}, got {library!r}")
+    x = prepare_inputs(network, inputs, profile)
+    tables = {name: _Tables(code, profile) for name, code in network.codes.items()}
+    step = batch_size or len(x) or 1
+    parts = []
+    for start in range(0, max(len(x), 1), step):
+        chunk = x[start : start + step]
+        runner = _run_fast if mode == "fast" else _run_spike
+        parts.append(runner(network, chunk, profile, tables, record_spikes, library))
+        if progress is not None:
+            progress.update(len(chunk))  # type: ignore[attr-defined]
+    return _concat(parts)
+
+
+def _concat(parts: list[RunResult]) -> RunResult:
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    trains = None
+    if first.spike_trains is not None:
+        trains = {k: np.concatenate([p.spike_trains[k] for p in parts]) for k in first.spike_trains}
+    return RunResult(
+        outputs=np.concatenate([p.outputs for p in parts]),
+        predictions=np.concatenate([p.predictions for p in parts]),
+        spike_counts={k: np.concatenate([p.spike_counts[k] for p in parts]) for k in first.spike_counts},
+        neurons=first.neurons,
+        time_steps=first.time_steps,
+        spike_trains=trains,
+        info=first.info,
+    )
+
+
+def _check_membrane(node: Node, v: np.ndarray, profile: NumericProfile) -> None:
+    if profile.membrane_bits is None or v.size == 0:
+        return
+    limit = 2 ** (profile.membrane_bits - 1)
+    lo, hi = int(v.min()), int(v.max())
+    if lo < -limit or hi >= limit:
+        raise ValidationError(
+            node.label, "membrane",
+            f"overflow in profile {profile.name!r}: value {hi if hi >= limit else lo} outside "
+            f"the {profile.membrane_bits}-bit range [{-limit}, {limit - 1}]",
+        )
+
+
+def _fs(tables: _Tables, v: np.ndarray, record: bool):
+    if tables.grid is not None and not record:
+        y, count = relu_closed_form(v, tables.code, tables.grid)
+        return y, count, None
+    result = simulate_fs(v, tables.T, tables.h, tables.d, tables.rule, record_spikes=record)
+    return result.output, result.spike_count, result.spikes
+
+
+def _result(network: Network, outputs: np.ndarray, counts: dict, trains: dict | None) -> RunResult:
+    flat = outputs.reshape(len(outputs), -1)
+    return RunResult(
+        outputs=outputs,
+        predictions=np.argmax(flat, axis=1) if flat.shape[1] else np.zeros(len(flat), int),
+        spike_counts=counts,
+        neurons=network.neuron_counts(),
+        time_steps=network.time_steps,
+        spike_trains=trains,
+    )
+
+
+def _count(c: np.ndarray) -> np.ndarray:
+    return c.reshape(len(c), -1).sum(axis=1).astype(np.int64)
+
+
+def _as_train(spikes: np.ndarray) -> np.ndarray:
+    # (K, N, ...) -> (N, K, ...) uint8
+    return np.moveaxis(np.asarray(spikes), 0, 1).astype(np.uint8)
+
+
+def _run_fast(network, x, profile, tables, record, library) -> RunResult:
+    dtype = np.dtype(profile.dtype)
+    values: dict[str, np.ndarray] = {}
+    counts: dict[str, np.ndarray] = {}
+    trains: dict[str, np.ndarray] | None = {} if record else None
+    outputs = None
+    for node in network.order:
+        if isinstance(node, Input):
+            values[node.name] = x
+        elif node.linear:
+            values[node.name] = apply_linear(node, [values[s] for s in node.inputs], True, library, dtype)
+        elif isinstance(node, Readout):
+            outputs = values[node.input]
+            _check_membrane(node, outputs, profile)
+            continue
+        if network.is_spiking(node):
+            membrane = values[node.input] if isinstance(node, FSActivation) else values[node.name]
+            _check_membrane(node, membrane, profile)
+            y, count, spikes = _fs(tables[node.code], membrane, record)
+            values[node.name] = y
+            counts[node.name] = _count(count)
+            if record:
+                trains[node.name] = _as_train(spikes)  # type: ignore[index]
+    return _result(network, outputs, counts, trains)
+
+
+def _run_spike(network, x, profile, tables, record, library) -> RunResult:
+    dtype = np.dtype(profile.dtype)
+    K = network.K
+    stages = network.stages
+    n = len(x)
+    spiking = network.spiking_nodes()
+    receivers = [node for node in network.order if isinstance(node, (FSActivation, Readout))]
+
+    # Bias part of every receiver's input: the linear graph with no spikes at all
+    # (analog inputs, if the IR states any, enter here too).
+    base = _propagate(network, {}, x, bias=True, library=library, dtype=dtype, n=n)
+    accumulators = {r.name: np.zeros((n, *network.shapes[r.name]), dtype) for r in receivers}
+    membranes: dict[str, np.ndarray] = {}
+    counts = {node.name: np.zeros(n, np.int64) for node in spiking}
+    trains = {node.name: np.zeros((n, K, *network.shapes[node.name]), np.uint8) for node in spiking} if record else None
+    last = max(stages[network.readout.name], 0) * K
+    for g in range(last):
+        events: dict[str, np.ndarray] = {}
+        for node in spiking:
+            t = g - stages[node.name] * K
+            if not 0 <= t < K:
+                continue
+            tab = tables[node.code]
+            if t == 0:
+                if isinstance(node, Input):
+                    v = x.copy()
+                else:
+                    v = _value(base, node.input, n, network, dtype) + accumulators[node.name]
+                _check_membrane(node, v, profile)
+                membranes[node.name] = v
+            v, z = fs_step(membranes[node.name], t, tab.T, tab.h, tab.rule)
+            membranes[node.name] = v
+            counts[node.name] += _count(z)
+            if record:
+                trains[node.name][:, t] = z  # type: ignore[index]
+            if z.any():
+                events[node.name] = tab.d[t] * z
+        if events:
+            delivered = _propagate(network, events, x, bias=False, library=library, dtype=dtype, n=n)
+            for r in receivers:
+                value = delivered.get(r.input)
+                if value is not None:
+                    accumulators[r.name] += value
+    readout = network.readout
+    outputs = _value(base, readout.input, n, network, dtype) + accumulators[readout.name]
+    _check_membrane(readout, outputs, profile)
+    return _result(network, outputs, counts, trains)
+
+
+def _value(values: dict, name: str, n: int, network: Network, dtype) -> np.ndarray:
+    v = values.get(name)
+    return np.zeros((n, *network.shapes[name]), dtype) if v is None else v
+
+
+def _propagate(network, events, x, bias, library, dtype, n) -> dict[str, np.ndarray | None]:
+    """Values of all non-spiking nodes given the spiking nodes' events this step.
+
+    With ``bias=False`` a node none of whose inputs carries an event stays ``None``
+    (nothing delivered); with ``bias=True`` only biases and analog inputs enter.
+    """
+    values: dict[str, np.ndarray | None] = {}
+    for node in network.order:
+        if network.is_spiking(node):
+            values[node.name] = events.get(node.name)
+        elif isinstance(node, Input):  # analog input, stated in the IR
+            values[node.name] = x if bias else None
+        elif node.linear:
+            ins = [values[s] for s in node.inputs]
+            if not bias and all(v is None for v in ins):
+                values[node.name] = None
+                continue
+            ins = [(_value(values, s, n, network, dtype) if v is None else v) for s, v in zip(node.inputs, ins)]
+            values[node.name] = apply_linear(node, ins, bias, library, dtype)
+    return values
