@@ -135,7 +135,8 @@ def deploy(args: argparse.Namespace) -> int:
     if args.emulator:
         target_config["emulator"] = True
     images, labels, inputs_name = load_inputs(Path(args.inputs) if args.inputs else None, network)
-    samples = args.samples or config.get("samples") or len(images)
+    # --samples is a request that must be met; the config's samples is an upper bound.
+    samples = args.samples or min(config.get("samples") or len(images), len(images))
     if samples < 1:
         raise ValidationError("fs-deploy", "--samples", f"must be >= 1, got {samples}")
     if samples > len(images):

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Create or reuse .venv/ and install everything fs-hw needs on a fresh machine:
+# Debian data packages, the Python pins, fs-hw itself and its in-repo backends.
+# Idempotent: a second run with unchanged pyproject files does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+
+# Debian data packages (Fashion-MNIST for the examples, zoo and accuracy table).
+if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "setup: installing Debian package dataset-fashion-mnist" >&2
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    else
+        echo "setup: Fashion-MNIST missing; run: sudo apt-get install -y dataset-fashion-mnist" >&2
+    fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv" >&2
+    "$PYTHON" -m venv .venv
+fi
+
+# Plugins shipped in this repository (each a separate distribution).
+shopt -s nullglob
+PLUGINS=()
+PLUGIN_FILES=(backends/*/pyproject.toml)
+for plugin in "${PLUGIN_FILES[@]}"; do
+    PLUGINS+=(-e "$(dirname "$plugin")")
+done
+
+STAMP=.venv/.fs-hw-installed
+WANT=$(cat pyproject.toml "${PLUGIN_FILES[@]}" | sha256sum | cut -d' ' -f1)
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+    echo "setup: installing Python packages (pinned; torch is the CPU build)" >&2
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[all]' "${PLUGINS[@]}" 2>&1 \
+        | grep -v "^WARNING: Location" || true
+    .venv/bin/python -m pip check >/dev/null
+    echo "$WANT" > "$STAMP"
+fi

@@ -1,0 +1,104 @@
+"""fs-deploy: the command users run."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fs_hw.cli import main
+from fs_hw.ir import save_network
+from fs_hw import conformance
+
+
+def test_reference_report_is_exact(tmp_path, capsys):
+    report = tmp_path / "r.json"
+    assert main(["--target", "reference", "--samples", "60", "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["target"] == "reference" and data["samples"] == 60
+    assert data["agreement"] == 1.0 and data["spike_mismatches"] == 0
+    assert data["spikes_compared"] > 60 * 884 * 8 - 1
+    assert 0.7 < data["accuracy"] <= 1.0 and data["accuracy"] == data["reference_accuracy"]
+    assert data["time_steps"] == 16 and data["K"] == 8
+    assert 0 < data["spikes_per_neuron"] < 8
+    out = capsys.readouterr().out
+    assert "spike mismatches" in out and "0 of" in out
+    # running again replaces our own report
+    assert main(["--target", "reference", "--samples", "10", "--report", str(report)]) == 0
+    assert json.loads(report.read_text())["samples"] == 10
+
+
+def test_report_never_overwrites_a_user_file(tmp_path, capsys):
+    precious = tmp_path / "notes.json"
+    precious.write_text('{"mine": 1}')
+    assert main(["--target", "reference", "--samples", "5", "--report", str(precious)]) == 2
+    assert "not an fs-deploy report; refusing to overwrite" in capsys.readouterr().err
+    assert precious.read_text() == '{"mine": 1}'
+
+
+def test_list_targets(capsys):
+    assert main(["--list-targets"]) == 0
+    out = capsys.readouterr().out
+    assert "reference" in out and "installed" in out
+    assert "spinnaker" in out
+
+
+def test_unknown_target_lists_available(capsys):
+    assert main(["--target", "tpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fs-deploy: error: target 'tpu' is not installed") and "reference" in err
+    assert main(["--target", "brainscales2"]) == 2
+    assert "pip install -e backends/brainscales2" in capsys.readouterr().err
+
+
+def test_bad_config_names_the_key(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("samples = 3\nspeed = 'fast'\n")
+    assert main(["--target", "reference", "--config", str(cfg)]) == 2
+    assert "speed: unknown key" in capsys.readouterr().err
+    cfg.write_text("[target]\nmode = 'quantum'\n")
+    assert main(["--target", "reference", "--config", str(cfg)]) == 2
+    assert "mode: must be one of ('fast', 'spike'), got 'quantum'" in capsys.readouterr().err
+    cfg.write_text("samples = [")
+    assert main(["--target", "reference", "--config", str(cfg)]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_too_many_samples(capsys):
+    assert main(["--target", "reference", "--samples", "5000"]) == 2
+    assert "5000 requested, the inputs hold 1000" in capsys.readouterr().err
+
+
+def test_out_folder_export_and_non_empty_refusal(tmp_path, capsys):
+    out = tmp_path / "export"
+    assert main(["--target", "reference", "--samples", "5", "--out", str(out)]) == 0
+    assert (out / "network.fsnet").is_file()
+    assert main(["--target", "reference", "--samples", "5", "--out", str(out)]) == 2
+    assert "not empty; pass --force" in capsys.readouterr().err
+
+
+def test_malformed_network_exits_2_without_traceback(tmp_path):
+    bad = tmp_path / "bad.fsnet"
+    bad.write_bytes(b"PK\x03\x04 this is not a zip")
+    proc = subprocess.run([sys.executable, "-m", "fs_hw.cli", str(bad), "--target", "reference"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bad.fsnet: not a readable fs-hw network file" in lines[0]
+
+
+def test_own_network_with_inputs_file(tmp_path, capsys):
+    import numpy as np
+
+    net, x = conformance.scenario("residual", samples=6)
+    path = save_network(net, tmp_path / "res.fsnet")
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, images=x, labels=np.arange(6) % 3)
+    report = tmp_path / "r.json"
+    assert main([str(path), "--target", "reference", "--inputs", str(inputs), "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["spike_mismatches"] == 0 and data["samples"] == 6 and data["time_steps"] == 4 * net.K
+    # without --inputs the tool says what to pass
+    assert main([str(path), "--target", "reference"]) == 2
+    assert "pass --inputs FILE.npz" in capsys.readouterr().err
