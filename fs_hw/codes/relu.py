@@ -86,10 +86,14 @@ def relu_closed_form(x: np.ndarray, code: FSCode, grid: float) -> tuple[np.ndarr
     return q * grid, count.astype(x.dtype)
 
 
+_POPCOUNT16 = np.array([bin(i).count("1") for i in range(1 << 16)], dtype=np.uint8)
+
+
 def _popcount(values: np.ndarray) -> np.ndarray:
-    count = np.zeros(values.shape, dtype=np.int64)
-    v = values.copy()
-    while np.any(v):
-        count += v & 1
-        v >>= 1
+    """Number of 1-bits of non-negative integers (16 bits per table look-up)."""
+    count = _POPCOUNT16[values & 0xFFFF].astype(np.int64)
+    rest = values >> 16
+    while np.any(rest):
+        count += _POPCOUNT16[rest & 0xFFFF]
+        rest >>= 16
     return count
