@@ -105,44 +105,60 @@ def binary_init(
     x_range: tuple[float, float],
     rule: str = ">",
     points: int = 4001,
+    baseline: bool | None = None,
 ) -> FSCode:
     r"""A saturating binary code fitted to the function's best clipped-linear shape.
 
     The target is approximated by :math:`g(x) = b + (f_1 - b)\,
     \mathrm{clip}((x - x_0)/(x_1 - x_0), 0, 1)` (grid search over :math:`x_0 < x_1`,
-    least squares for :math:`b, f_1`). The code spends one step on the baseline
-    :math:`b` if it is not ~0 (every input fires once, ``h = 0``), one step on the
-    saturation :math:`x \ge x_1` if it lies inside the range (fires once, then a reset
-    large enough to silence the rest), and the remaining steps on the binary digits of
-    :math:`x - x_0` scaled by the slope (the ReLU code, shifted).
+    least squares for :math:`f_1` and, in one variant, :math:`b`; :math:`b = 0` in the
+    other). The code spends one step on the baseline :math:`b` if there is one (every
+    input fires once, ``h = 0``), one step on the saturation :math:`x \ge x_1` if it
+    lies inside the range (fires once, then a reset large enough to silence the rest),
+    and the remaining steps on the binary digits of :math:`x - x_0` scaled by the slope
+    (the ReLU code, shifted by half a grid step to round). Of the two variants, the FS
+    code with the lower MSE on ``x_range`` is returned, or the one ``baseline`` asks for.
     """
     lo, hi = x_range
     f = ACTIVATIONS[function]
     x = np.linspace(lo, hi, points)
     y = f(x)
     cands = np.linspace(lo, hi, 81)
-    best = None
+    best: dict[bool, tuple] = {}
     for i, x0 in enumerate(cands[:-1]):
         for x1 in cands[i + 1 :]:
             c = np.clip((x - x0) / (x1 - x0), 0.0, 1.0)
-            A = np.stack([1.0 - c, c], axis=1)
-            coef, *_ = np.linalg.lstsq(A, y, rcond=None)
-            err = float(np.mean((A @ coef - y) ** 2))
-            if best is None or err < best[0]:
-                best = (err, x0, x1, coef[0], coef[1])
-    _, x0, x1, b, f1 = best
+            for with_b in (True, False):
+                if with_b:
+                    A = np.stack([1.0 - c, c], axis=1)
+                    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+                    b, f1 = coef
+                else:
+                    b, f1 = 0.0, float(c @ y / max(c @ c, 1e-300))
+                err = float(np.mean((b + (f1 - b) * c - y) ** 2))
+                if with_b not in best or err < best[with_b][0]:
+                    best[with_b] = (err, x0, x1, float(b), float(f1))
+    variants = (True, False) if baseline is None else (bool(baseline),)
+    codes = [_binary_code(function, K, x_range, rule, *best[w][1:], w) for w in variants]
+    return min(codes, key=lambda c: evaluate_code(c, function, x_range, points)["mse"])
+
+
+def _binary_code(function, K, x_range, rule, x0, x1, b, f1, with_b) -> FSCode:
+    lo, hi = x_range
     T: list[float] = []
     h: list[float] = []
     d: list[float] = []
     span = hi - lo
-    if abs(b) > 1e-3 * (abs(f1) + 1e-12) and len(T) < K - 1:
+    if with_b and len(T) < K - 1:
         T.append(lo - span)
         h.append(0.0)
-        d.append(float(b))
+        d.append(b)
+    else:
+        b = 0.0
     if x1 < hi - 1e-9 * span and len(T) < K - 1:
         T.append(float(x1))
         h.append(float(hi - x0 + 0.25 * span))
-        d.append(float(f1 - b))
+        d.append(f1 - b)
     alpha = x1 - x0
     slope = (f1 - b) / alpha
     nbits = K - len(T)
@@ -153,7 +169,7 @@ def binary_init(
         h.append(float(w))
         d.append(float(slope * w))
     return FSCode(
-        f"{function}_binary_init_k{K}", T, h, d, rule,
+        f"{function}_binary{'_b' if with_b else ''}_init_k{K}", T, h, d, rule,
         Provenance(function, (float(lo), float(hi)), source="binary init"),
     )
 
@@ -164,6 +180,27 @@ def published_init(function: str, K: int, rule: str = ">") -> FSCode | None:
         if code.provenance.function == function and code.K == K:
             return FSCode(code.name, code.T, code.h, code.d, rule, code.provenance)
     return None
+
+
+def prune_init(
+    code: FSCode, K: int, function: str, x_range: tuple[float, float], points: int = 4001
+) -> FSCode:
+    """Shorten ``code`` to ``K`` steps by greedily dropping the step whose removal hurts
+    the MSE on ``x_range`` least (an initial code for a smaller ``K`` from a fitted one)."""
+    if K > code.K:
+        raise ValidationError("prune_init", "K", f"{K} exceeds the code's {code.K} steps")
+    T, h, d = list(code.T), list(code.h), list(code.d)
+    while len(T) > K:
+        best = None
+        for t in range(len(T)):
+            keep = [i for i in range(len(T)) if i != t]
+            cand = FSCode("c", [T[i] for i in keep], [h[i] for i in keep], [d[i] for i in keep],
+                          code.rule)
+            mse = evaluate_code(cand, function, x_range, points)["mse"]
+            if best is None or mse < best[0]:
+                best = (mse, t)
+        del T[best[1]], h[best[1]], d[best[1]]
+    return FSCode(f"{code.name}_pruned_k{K}", T, h, d, code.rule, code.provenance)
 
 
 def _perturb(code: FSCode, rng: np.random.Generator, scale: float) -> FSCode:
@@ -184,8 +221,9 @@ def _metrics(code: FSCode, function: str, x_range, points: int) -> dict:
     return evaluate_code(code, function, x_range, points)
 
 
-def _better(a: dict, b: dict | None, max_spikes: float | None) -> bool:
-    """Is metrics ``a`` better than ``b``: within budget first, then lower MSE."""
+def _better(a: dict, b: dict | None, max_spikes: float | None, spike_lambda: float = 0.0) -> bool:
+    """Is metrics ``a`` better than ``b``: within the spike budget first, then a lower
+    ``mse + spike_lambda * mean_spikes`` (the training objective, on the uniform grid)."""
     if b is None:
         return True
     if max_spikes is not None:
@@ -194,7 +232,7 @@ def _better(a: dict, b: dict | None, max_spikes: float | None) -> bool:
             return ok_a
         if not ok_a:
             return a["mean_spikes"] < b["mean_spikes"]
-    return a["mse"] < b["mse"]
+    return a["mse"] + spike_lambda * a["mean_spikes"] < b["mse"] + spike_lambda * b["mean_spikes"]
 
 
 def _weights(spike_weight, x: torch.Tensor) -> torch.Tensor | None:
@@ -265,7 +303,7 @@ def _train_one(
         if it % eval_every == 0 or it == iterations:
             cand = snapshot()
             m = _metrics(cand, function, x_range, eval_points)
-            if _better(m, best, max_spikes):
+            if _better(m, best, max_spikes, spike_lambda):
                 best, best_code = m, cand
     return best_code, best
 
@@ -318,7 +356,8 @@ def fit(
         Input distribution under which the spike penalty averages (uniform if None).
     max_spikes : float, optional
         Spike budget (plain mean on the reported uniform grid): selection prefers codes
-        within it; ``budget_lambda`` adds a hinge penalty above it while training.
+        within it; ``budget_lambda`` adds a hinge penalty above it while training. Among
+        codes within budget, the lowest ``mse + spike_lambda * mean_spikes`` wins.
     dampening : float
         Factor :math:`\\gamma` of the pseudo-derivative.
     init : "auto", "binary", "published", an FSCode or a list of FSCodes
@@ -365,7 +404,7 @@ def fit(
                 f"mse {start_m['mse']:.4g} -> {m['mse']:.4g}, "
                 f"spikes {start_m['mean_spikes']:.3f} -> {m['mean_spikes']:.3f}"
             )
-        if _better(m, best, max_spikes):
+        if _better(m, best, max_spikes, spike_lambda):
             best, best_code, best_init = m, code, (start, start_m)
 
     final_rule = rule
@@ -373,7 +412,7 @@ def fit(
         other = ">=" if rule == ">" else ">"
         alt = FSCode(best_code.name, best_code.T, best_code.h, best_code.d, other)
         alt_m = _metrics(alt, function, x_range, eval_points)
-        if _better(alt_m, best, max_spikes):
+        if _better(alt_m, best, max_spikes, spike_lambda):
             best, final_rule = alt_m, other
 
     name = name or f"{function}_k{K}"
@@ -390,7 +429,8 @@ def fit(
     )
     # The provenance must be what evaluate_code says about the final code.
     check = evaluate_code(code, function, x_range, eval_points)
-    assert check == best, (check, best)
+    if check != best:  # pragma: no cover - would mean two dynamics disagree
+        raise RuntimeError(f"fit: final evaluation {check} differs from selection {best}")
     return FitReport(code, best_init[0], best_init[1], report_restarts)
 
 
