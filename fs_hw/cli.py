@@ -96,20 +96,20 @@ def _console():
 
 
 def _run_chunked(run, inputs: np.ndarray, chunk: int, label: str):
-    from fs_hw.reference.simulator import _concat
+    from fs_hw.reference.simulator import concat_results
 
     parts = []
     bar = _progress(len(inputs), label)
     if bar is None:
         for start in range(0, len(inputs), chunk):
             parts.append(run(inputs[start : start + chunk]))
-        return _concat(parts)
+        return concat_results(parts)
     with bar:
         task = bar.add_task(label, total=len(inputs))
         for start in range(0, len(inputs), chunk):
             parts.append(run(inputs[start : start + chunk]))
             bar.update(task, advance=len(inputs[start : start + chunk]))
-    return _concat(parts)
+    return concat_results(parts)
 
 
 def _safe_write_report(path: Path, report: dict) -> None:
@@ -232,12 +232,16 @@ def _print_summary(report: dict) -> None:
         ("accuracy (target)", report["accuracy"]),
         ("accuracy (float FS reference)", report["reference_accuracy"]),
         ("accuracy predicted for target", report["predicted_accuracy"]),
-        ("ANN accuracy", report["ann_accuracy"]),
+        ("ANN accuracy (whole test set, from metadata)", report["ann_accuracy"]),
         ("agreement with reference", report["agreement"]),
         ("spike mismatches", f"{report['spike_mismatches']} of {report['spikes_compared']} compared"),
         ("spikes per neuron", report["spikes_per_neuron"]),
-        ("time steps per sample", report["time_steps"]),
+        ("time steps to a decision (latency)", report["time_steps"]),
     ]
+    if "steps_per_sample" in report["info"]:
+        rows.append(("time steps per sample (pipelined)", report["info"]["steps_per_sample"]))
+    if "runner" in report["info"]:
+        rows.append(("ran on", report["info"]["runner"]))
     for key, value in report["resources"].items():
         rows.append((f"resource: {key}", value))
     try:
@@ -254,6 +258,8 @@ def _print_summary(report: dict) -> None:
     except ImportError:
         for k, v in rows:
             print(f"{k:<32} {_fmt(v)}")
+    for note in report["notes"]:
+        print(f"note: {note}")
 
 
 def list_targets() -> int:

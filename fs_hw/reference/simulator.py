@@ -116,10 +116,15 @@ def run_reference(
         parts.append(runner(network, chunk, profile, tables, record_spikes, library))
         if progress is not None:
             progress.update(len(chunk))  # type: ignore[attr-defined]
-    return _concat(parts)
+    return concat_results(parts)
 
 
-def _concat(parts: list[RunResult]) -> RunResult:
+def concat_results(parts: list[RunResult]) -> RunResult:
+    """Concatenate the RunResults of consecutive sample chunks (samples in order).
+
+    Per-sample arrays are joined; numbers in ``info`` that count work (``steps``,
+    ``samples``, ``seconds``) are summed, the rest is taken from the first chunk.
+    """
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
@@ -133,8 +138,16 @@ def _concat(parts: list[RunResult]) -> RunResult:
         neurons=first.neurons,
         time_steps=first.time_steps,
         spike_trains=trains,
-        info=first.info,
+        info=_merge_info([p.info for p in parts]),
     )
+
+
+def _merge_info(infos: list[dict]) -> dict:
+    merged = dict(infos[0])
+    for key in ("steps", "samples", "seconds"):
+        if all(isinstance(i.get(key), (int, float)) and not isinstance(i.get(key), bool) for i in infos):
+            merged[key] = sum(i[key] for i in infos)
+    return merged
 
 
 def _check_membrane(node: Node, v: np.ndarray, profile: NumericProfile) -> None:

@@ -1,0 +1,102 @@
+r"""Worst-case membrane ranges, and the constants that keep every layer exact.
+
+A time-unrolled FS neuron ``j`` has one compartment per step ``t``. Each compartment
+holds :math:`v = B_j + (\text{partial input sum})`; at its step a gate adds
+:math:`G_j - T(t) + r` (:math:`r = 1` for the rule ``>=``) and Loihi fires on
+:math:`v > V_{th} = B_j + G_j`, i.e. exactly when :math:`x - \sum_{s<t} h(s) z(s) + r > T(t)`.
+The baseline :math:`B_j` covers the most negative partial sum any spike pattern can
+produce (Loihi clips the membrane at 0), :math:`G_j` the most positive one (nothing
+fires before its gate). All bounds here are over every possible spike pattern, so the
+emulator's ``strict`` overflow checks can never trip and no spike can come early.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fs_hw.ir import FSActivation, Network, Readout
+
+from fs_hw_loihi.fixedpoint import Q_LIMIT, V_LIMIT, VTH_MAX, vth_round_up
+from fs_hw_loihi.maps import ReceiverInput, receiver_inputs
+
+
+@dataclass
+class LayerRange:
+    """Constants of one receiver (FS layer or read-out accumulator)."""
+
+    name: str
+    kind: str  # "fs" or "readout"
+    baseline: np.ndarray  # (n,) int64: B_j + bias_j, sent at the first data step
+    offset: np.ndarray  # (n,) int64: B_j
+    vth: int
+    gate: np.ndarray | None  # (n, K) int64 for FS layers
+    inhibit: np.ndarray | None  # (K,) int64: -h(s)
+    q0_max: int
+    v_max: int
+    low: np.ndarray
+    high: np.ndarray
+
+    @property
+    def problem(self) -> str | None:
+        if self.vth > VTH_MAX:
+            return f"threshold {self.vth} exceeds the largest Loihi threshold {VTH_MAX}"
+        if self.q0_max >= Q_LIMIT:
+            return f"worst-case input in one step {self.q0_max} exceeds the 21-bit synapse accumulator ({Q_LIMIT})"
+        if self.v_max >= V_LIMIT:
+            return f"worst-case membrane {self.v_max} exceeds the 24-bit register ({V_LIMIT})"
+        return None
+
+
+def layer_range(network: Network, name: str, rin: ReceiverInput) -> LayerRange:
+    node = network.by_name[name]
+    b = rin.bias.astype(np.int64)
+    low = b.copy()
+    high = b.copy()
+    step = np.zeros_like(b)
+    for src, m in rin.maps.items():
+        d = network.code_of(network.by_name[src]).d.astype(np.int64)
+        pos, neg = m.row_sums()
+        dp, dn = int(d[d > 0].sum()), int(d[d < 0].sum())
+        low += dp * neg + dn * pos
+        high += dp * pos + dn * neg
+        step += int(np.abs(d).max(initial=0)) * (pos - neg)
+    if isinstance(node, FSActivation):
+        code = network.code_of(node)
+        h = code.h.astype(np.int64)
+        T = code.T.astype(np.int64)
+        inhibit = -h
+        low_all = low + int(np.minimum(inhibit, 0).sum())
+        high_all = high + int(np.maximum(inhibit, 0).sum())
+        B = np.maximum(0, -low_all)
+        vth = vth_round_up(int((B + np.maximum(high_all, 0)).max(initial=0)) + 1)
+        r = 1 if code.rule == ">=" else 0
+        gate = (vth - B)[:, None] - T[None, :] + r
+        baseline = B + b
+        gmax = np.abs(gate).max(axis=1)
+        q0 = np.maximum.reduce([
+            np.abs(baseline) + step,
+            step + np.abs(gate[:, 0]),
+            gmax + int(np.abs(h).max(initial=0)),
+            np.full_like(step, vth),
+        ])
+        v_max = int((vth + np.maximum(high_all, 0) + np.maximum(-T, 0).max() + r).max(initial=0))
+        return LayerRange(name, "fs", baseline, B, vth, gate, inhibit, int(q0.max(initial=0)), v_max,
+                          low_all, high_all)
+    assert isinstance(node, Readout)
+    B = np.maximum(0, -low)
+    vth = vth_round_up(int((B + np.maximum(high, 0)).max(initial=0)) + 1)
+    baseline = B + b
+    q0 = np.maximum(np.abs(baseline) + step, vth)
+    return LayerRange(name, "readout", baseline, B, vth, None, None, int(q0.max(initial=0)), vth, low, high)
+
+
+def layer_ranges(network: Network) -> dict[str, LayerRange]:
+    rins = receiver_inputs(network)
+    return {name: layer_range(network, name, rin) for name, rin in rins.items()}
+
+
+def check_ranges(network: Network) -> dict[str, str]:
+    """Receivers whose worst case does not fit Loihi's registers, with the reason."""
+    return {name: r.problem for name, r in layer_ranges(network).items() if r.problem}

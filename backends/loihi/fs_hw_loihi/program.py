@@ -1,0 +1,630 @@
+r"""Lowering an integer IR network to a nengo-loihi block program.
+
+Layout (see ``docs/loihi.md`` for the derivation):
+
+* **Time-unrolled FS neurons.** Neuron ``j`` of an FS node is ``K`` compartments
+  ``(j, t)``, compartment index ``j*K + t`` inside its core; compartment ``(j, t)`` decides
+  once, at step ``t`` of its stage. All compartments: ``decay_u = 4095`` (the current is
+  this step's input only), ``decay_v = 0`` (perfect integrator), ``vmin = 0``, one
+  threshold per core.
+* **Data synapses, weight-shared in time.** A source compartment ``(i, s)`` excites every
+  ``(j, t)`` with ``M[j, i] * d(s)``. One population (pop32) synapse per source step
+  ``s`` (and per signed power of two of ``d(s)``, and per weight plane) holds the row
+  ``M[:, i]`` once; ``K`` axons reuse it with compartment bases ``t``. The factor
+  :math:`2^p` of ``d(s)`` is the synapse format's weight exponent. Memory: ``K`` entries
+  per weight (the naive layout needs ``K**2``).
+* **Convolutions keep their weight sharing**: one axon per (input pixel, ``t``), atoms are
+  input channels, rows are kernel slices shared by all pixels with the same border
+  pattern (as nengo-loihi's own conv), bases carry the output position.
+* **Residual inside a neuron**: ``(j, s)`` inhibits ``(j, t > s)`` by ``h(s)``.
+* **Clock**: a ring of ``2K`` compartments started by one host spike sends, through
+  constant synapses, a baseline with the first data spike, a gate at each decision step
+  and a reset one step later (:mod:`fs_hw_loihi.bounds` derives the values).
+* **Skip connections** that jump stages go through relay compartments (latches gated
+  ``K`` steps later), one relay layer per skipped stage; the host input is delayed by the
+  host itself.
+* **Read-out**: one accumulator compartment per output (never fires); its membrane is
+  probed at the step its last input arrives.
+* **Pipeline**: sample ``n`` enters at step :math:`\tau_n = 2 + 2Kn`; a stage decides
+  during ``K`` steps and rests ``K`` (its reset must precede the next sample's baseline),
+  so a new sample enters every ``2K`` steps while earlier ones are still inside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from nengo_loihi.block import (
+    MAX_COMPARTMENTS,
+    MAX_IN_AXONS,
+    MAX_SYNAPSE_BITS,
+    Axon,
+    LoihiBlock,
+    Synapse,
+)
+from nengo_loihi.builder import Model
+from nengo_loihi.inputs import SpikeInput
+from nengo_loihi.probe import LoihiProbe
+
+from fs_hw.errors import ResourceError, UnsupportedError
+from fs_hw.ir import FSActivation, Network, Readout
+
+from fs_hw_loihi.bounds import LayerRange, layer_ranges
+from fs_hw_loihi.config import LoihiConfig
+from fs_hw_loihi.fixedpoint import (
+    constant_planes,
+    signed_digits,
+    synapse_exponent,
+    weight_planes,
+)
+from fs_hw_loihi.maps import ConvMap, ReceiverInput, receiver_inputs
+
+MAX_SYNAPSE_FORMATS = 15  # 16 format slots per core, slot 0 unused by nengo-loihi
+MAX_ATOMS = 1024
+RELAY_VTH = 128
+RING_WEIGHT = 128
+
+
+# ---------------------------------------------------------------------------------------
+# structures
+@dataclass
+class Part:
+    """One core's share of a layer (or one host input chunk)."""
+
+    neurons: np.ndarray  # IR flat indices, in local order
+    block: Any = None  # LoihiBlock, or None for host parts
+    pixels: tuple[int, int] | None = None  # pixel range for image layers
+    probe: LoihiProbe | None = None
+    inputs: dict[tuple[int, int], SpikeInput] = field(default_factory=dict)  # host: (stage, s) -> input
+
+    @property
+    def n(self) -> int:
+        return len(self.neurons)
+
+
+@dataclass
+class Layer:
+    """A population of the program: host input, FS layer, relay or read-out."""
+
+    name: str
+    kind: str  # "host", "fs", "relay", "readout"
+    shape: tuple[int, ...]
+    K: int  # compartments per neuron (1 for read-outs)
+    stage: int  # stage at which it decides (read-out: at which it is read)
+    d: np.ndarray | None = None  # output weights (sources)
+    parts: list[Part] = field(default_factory=list)
+    range: LayerRange | None = None
+    source: str | None = None  # relays: the layer they delay
+
+    @property
+    def image(self) -> bool:
+        return len(self.shape) == 3
+
+    @property
+    def n(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass
+class Program:
+    """A lowered network: the nengo-loihi model and what is needed to run and read it."""
+
+    network: Network
+    model: Model
+    K: int
+    period: int
+    readout_stage: int
+    layers: dict[str, Layer]
+    clock_start: SpikeInput
+    resources: dict[str, Any]
+    config: LoihiConfig
+
+    def origin(self, n: int) -> int:
+        """Emulator step tau_n of sample ``n`` (its stage-0 step 0)."""
+        return 2 + n * self.period
+
+    def steps_for(self, samples: int) -> int:
+        return self.origin(samples - 1) + self.readout_stage * self.K
+
+
+# ---------------------------------------------------------------------------------------
+# small builders
+def _block(label: str, n_comp: int, vth: int) -> LoihiBlock:
+    block = LoihiBlock(n_comp, label=label)
+    c = block.compartment
+    c.decay_u = np.full(n_comp, 4095, np.int32)
+    c.decay_v = np.zeros(n_comp, np.int32)
+    c.refract_delay = np.ones(n_comp, np.int32)
+    c.vth = np.full(n_comp, vth, np.int32)
+    c.bias = np.zeros(n_comp, np.int32)
+    c.enable_noise = np.zeros(n_comp, bool)
+    c.scale_u = False
+    c.scale_v = False
+    c.vmin = 0
+    c.vmax = 2**23 - 1
+    c.tau_s = 0.0
+    return block
+
+
+def _synapse(label, weights, indices, axon_to_weight, bases, exp, pop_type) -> Synapse:
+    syn = Synapse(len(bases), label=label)
+    syn._set_weights_indices(
+        [np.asarray(w, np.int32) for w in weights],
+        indices=[np.asarray(i, np.int32) for i in indices],
+        weight_dtype=np.int32,
+        compression=0,
+    )
+    syn.axon_to_weight_map = np.asarray(axon_to_weight, np.int32)
+    syn.axon_compartment_bases = np.asarray(bases, np.int32)
+    syn.pop_type = pop_type
+    syn.format(weight_exp=int(exp))
+    return syn
+
+
+def _axon(label: str, target: Synapse, comp_map: np.ndarray, atoms: np.ndarray) -> Axon:
+    n = int(np.unique(comp_map[comp_map >= 0]).size)
+    ax = Axon(max(n, 1), label=label)
+    ax.target = target
+    ax.set_compartment_axon_map(np.asarray(comp_map, np.int32), atoms=np.asarray(atoms, np.int32))
+    return ax
+
+
+@dataclass
+class _Pending:
+    """A synapse for a target part and the axons that feed it (not yet attached)."""
+
+    synapse: Synapse
+    axons: list[tuple[Any, Axon, int]]  # (source Part, Axon, source step s)
+
+
+def _unify_formats(block: LoihiBlock) -> None:
+    """One index width per core, so formats differ by weight exponent only."""
+    if not block.synapses:
+        return
+    bits = max(s.synapse_cfg.idx_bits for s in block.synapses)
+    for s in block.synapses:
+        s.format(idx_bits=bits)
+
+
+def _formats(synapses: list[Synapse]) -> int:
+    return len({s.synapse_cfg for s in synapses})
+
+
+# ---------------------------------------------------------------------------------------
+# partition helpers
+def _parts_for(layer: Layer, per_core: int) -> list[Part]:
+    """Split a layer into parts of at most ``per_core`` neurons (images: whole pixels)."""
+    if layer.image:
+        C, H, W = layer.shape
+        pix_per = max(1, per_core // C)
+        n_pix = H * W
+        n_parts = -(-n_pix // pix_per)
+        size = -(-n_pix // n_parts)
+        parts = []
+        for p0 in range(0, n_pix, size):
+            p1 = min(n_pix, p0 + size)
+            neurons = np.array([c * n_pix + p for p in range(p0, p1) for c in range(C)], np.int64)
+            parts.append(Part(neurons, pixels=(p0, p1)))
+        return parts
+    n = layer.n
+    n_parts = -(-n // per_core)
+    size = -(-n // n_parts)
+    return [Part(np.arange(a, min(n, a + size), dtype=np.int64)) for a in range(0, n, size)]
+
+
+# ---------------------------------------------------------------------------------------
+class Lowering:
+    """Builds a :class:`Program` from an integer network (see the module docstring)."""
+
+    def __init__(self, network: Network, config: LoihiConfig, per_core: dict[str, int] | None = None):
+        self.net = network
+        self.cfg = config
+        self.K = network.K
+        self.P = 2 * self.K
+        self.per_core_override = dict(per_core or {})
+        self.ranges = layer_ranges(network)
+        self.rins: dict[str, ReceiverInput] = receiver_inputs(network)
+        self.layers: dict[str, Layer] = {}
+        self.pending: dict[int, list[_Pending]] = {}
+
+    # -- sources ----------------------------------------------------------------------
+    def source_for(self, src: str, stage: int) -> Layer:
+        """The layer that delivers ``src``'s spikes as if it decided at ``stage``."""
+        layer = self.layers[src]
+        if layer.kind == "host":
+            if (stage, 0) not in layer.parts[0].inputs:
+                for i, part in enumerate(layer.parts):
+                    for s in range(self.K):
+                        part.inputs[(stage, s)] = SpikeInput(part.n, label=f"{src}[{i}]@stage{stage}s{s}")
+            return layer
+        if layer.stage == stage:
+            return layer
+        if layer.stage > stage:
+            raise UnsupportedError(f"layer {src!r} is read before it decides")
+        prev = self.source_for(src, stage - 1)
+        key = f"{src}@relay{stage}"
+        if key not in self.layers:
+            relay = Layer(key, "relay", layer.shape, self.K, stage, d=layer.d, source=src)
+            relay.parts = []
+            for i, p in enumerate(prev.parts):
+                part = Part(p.neurons.copy(), pixels=p.pixels)
+                part.block = _block(f"{key}[{i}]", part.n * self.K, RELAY_VTH)
+                relay.parts.append(part)
+                self._relay_synapse(prev, p, part, key, i)
+            self.layers[key] = relay
+        return self.layers[key]
+
+    def _relay_synapse(self, prev: Layer, sp: Part, tp: Part, key: str, i: int) -> None:
+        K, n = self.K, sp.n
+        weights = [np.full((n, 1), RING_WEIGHT) for _ in range(K)]
+        indices = [(np.arange(n) * K + s)[:, None] for s in range(K)]
+        syn = _synapse(f"{key}[{i}].in", weights, indices, np.arange(K), np.zeros(K), 0, 32)
+        comp = np.arange(n * K)
+        ax = _axon(f"{key}[{i}].in", syn, comp % K, comp // K)
+        tp.block.add_synapse(syn)
+        self._attach(prev, sp, ax, 0)
+
+    def _attach(self, layer: Layer, part: Part, axon: Axon, s: int, stage: int | None = None) -> None:
+        if layer.kind == "host":
+            part.inputs[(stage, s)].add_axon(axon)
+        else:
+            part.block.add_axon(axon)
+
+    # -- data synapses ----------------------------------------------------------------
+    def _dense_synapses(self, src: Layer, sp: Part, tp: Part, Kt: int, M: np.ndarray,
+                        label: str) -> list[_Pending]:
+        sub = M[np.ix_(tp.neurons, sp.neurons)]
+        if not sub.any():
+            return []
+        K = src.K
+        c, n_atoms = sub.shape
+        out = []
+        idx = np.broadcast_to((np.arange(c) * Kt)[None, :], (n_atoms, c))
+        host = src.kind == "host"
+        comp = np.arange(n_atoms) * K if host else np.arange(n_atoms * K)
+        for m, k in weight_planes(sub.T):
+            mmax = int(np.abs(m).max())
+            for s in range(K):
+                for sign, p in signed_digits(int(src.d[s])):
+                    exp, _ = synapse_exponent(mmax, k + p)
+                    W = (m * sign) << (k + p)
+                    syn = _synapse(f"{label}.s{s}p{p}k{k}", [W], [idx], np.zeros(Kt), np.arange(Kt), exp, 32)
+                    axons = []
+                    for t in range(Kt):
+                        cmap = np.full(comp.size, t) if host else np.where(comp % K == s, t, -1)
+                        axons.append((sp, _axon(f"{label}.s{s}t{t}", syn, cmap, comp // K), s))
+                    out.append(_Pending(syn, axons))
+        return out
+
+    def _conv_synapses(self, src: Layer, tp: Part, Kt: int, cm: ConvMap, label: str) -> list[_Pending]:
+        Co, Ci, kh, kw = cm.kernel.shape
+        _, H, W = cm.in_shape
+        _, Ho, Wo = cm.out_shape
+        (sh, sw), (ph, pw) = cm.stride, cm.padding
+        q0, q1 = tp.pixels
+        G = 256 - (Kt - 1)
+        patterns: dict[tuple, int] = {}
+        pattern_list: list[tuple] = []
+        pix_axon: dict[int, tuple[int, int]] = {}  # source pixel -> (weight idx, base of t=0)
+        for r in range(H):
+            ys = [y for y in range(max(0, -(-(r + ph - kh + 1) // sh)), min(Ho - 1, (r + ph) // sh) + 1)
+                  if 0 <= r + ph - y * sh < kh]
+            if not ys:
+                continue
+            for col in range(W):
+                entries = []
+                for y in ys:
+                    dy = r + ph - y * sh
+                    for x in range(max(0, -(-(col + pw - kw + 1) // sw)), min(Wo - 1, (col + pw) // sw) + 1):
+                        dx = col + pw - x * sw
+                        if not 0 <= dx < kw:
+                            continue
+                        q = y * Wo + x
+                        if not q0 <= q < q1:
+                            continue
+                        for f in range(Co):
+                            if cm.kernel[f, :, dy, dx].any():
+                                entries.append((((q - q0) * Co + f) * Kt, f, dy, dx))
+                if not entries:
+                    continue
+                base = min(e[0] for e in entries)
+                offset = (base // G) * G
+                key = (tuple((e[0] - base, e[1], e[2], e[3]) for e in entries), offset)
+                if key not in patterns:
+                    patterns[key] = len(pattern_list)
+                    pattern_list.append(key)
+                pix_axon[r * W + col] = (patterns[key], base - offset)
+        if not pix_axon:
+            return []
+        pixels = sorted(pix_axon)
+        axon_of = {p: i for i, p in enumerate(pixels)}
+        a2w = np.array([pix_axon[p][0] for p in pixels for _ in range(Kt)])
+        bases = np.array([pix_axon[p][1] + t for p in pixels for t in range(Kt)])
+        out = []
+        K = src.K
+        for mk, k in weight_planes(cm.kernel):
+            mmax = int(np.abs(mk).max())
+            rows = []
+            idxs = []
+            for entries, offset in pattern_list:
+                cols = np.array([[mk[f, ci, dy, dx] for (_, f, dy, dx) in entries] for ci in range(Ci)], np.int64)
+                rows.append(cols)
+                idxs.append(np.broadcast_to(np.array([e[0] + offset for e in entries])[None, :],
+                                            (Ci, len(entries))))
+            if not any(r.any() for r in rows):
+                continue
+            for s in range(K):
+                for sign, p in signed_digits(int(src.d[s])):
+                    exp, _ = synapse_exponent(mmax, k + p)
+                    W = [(r * sign) << (k + p) for r in rows]
+                    syn = _synapse(f"{label}.s{s}p{p}k{k}", W, idxs, a2w, bases, exp, 32)
+                    axons = []
+                    for sp in src.parts:
+                        pa, pb = sp.pixels
+                        n_pix = pb - pa
+                        comp = np.arange(sp.n) * K if src.kind == "host" else np.arange(sp.n * K)
+                        neuron = comp // K
+                        pix = pa + neuron // Ci
+                        ch = neuron % Ci
+                        valid = np.isin(pix, pixels)
+                        if src.kind != "host":
+                            valid &= comp % K == s
+                        if not valid.any():
+                            continue
+                        base_ids = np.array([axon_of.get(int(q), -1) for q in range(pa, pa + n_pix)])
+                        for t in range(Kt):
+                            cmap = np.where(valid, base_ids[pix - pa] * Kt + t, -1)
+                            axons.append((sp, _axon(f"{label}.s{s}t{t}", syn, cmap, ch), s))
+                    out.append(_Pending(syn, axons))
+        return out
+
+    def _incoming(self, target: Layer, tp: Part, label: str) -> list[_Pending]:
+        """Data synapses of one target part (not attached)."""
+        rin = self.rins[target.name]
+        out = []
+        for src_name, m in rin.maps.items():
+            src = self.source_for(src_name, target.stage - 1)
+            lab = f"{label}<{src_name}"
+            if isinstance(m, ConvMap) and target.image and src.image and m.out_shape == target.shape:
+                out += self._conv_synapses(src, tp, target.K, m, lab)
+            else:
+                M = m.to_dense() if isinstance(m, ConvMap) else m.matrix
+                for i, sp in enumerate(src.parts):
+                    out += self._dense_synapses(src, sp, tp, target.K, M, f"{lab}[{i}]")
+        return out
+
+    def _inhibition(self, layer: Layer, tp: Part, label: str) -> list[Synapse]:
+        K, c = self.K, tp.n
+        if K < 2:
+            return []
+        out = []
+        comp = np.arange(c * K)
+        for plane, exp in constant_planes(layer.range.inhibit[:-1]):
+            weights = [np.full((c, K - 1 - s), plane[s]) for s in range(K - 1)]
+            indices = [np.arange(c)[:, None] * K + np.arange(s + 1, K)[None, :] for s in range(K - 1)]
+            syn = _synapse(f"{label}.inh{exp}", weights, indices, np.arange(K - 1), np.zeros(K - 1), exp, 32)
+            cmap = np.where(comp % K < K - 1, comp % K, -1)
+            ax = _axon(f"{label}.inh{exp}", syn, cmap, comp // K)
+            tp.block.add_axon(ax)
+            out.append(syn)
+        return out
+
+    # -- clock ------------------------------------------------------------------------
+    def _events(self, layer: Layer, tp: Part) -> dict[int, np.ndarray]:
+        """Constant inputs of one part per clock phase: phase -> value per compartment."""
+        K, P, Kt = self.K, self.P, layer.K
+        ev: dict[int, np.ndarray] = {}
+
+        def add(phase: int, comps: np.ndarray, values: np.ndarray) -> None:
+            vec = ev.setdefault(phase % P, np.zeros(tp.n * Kt, np.int64))
+            vec[comps] += values
+
+        a = np.arange(tp.n)
+        if layer.kind == "relay":
+            for s in range(K):
+                add(layer.stage * K + s - 1, a * K + s, np.ones(tp.n, np.int64))
+                add(layer.stage * K + s, a * K + s, np.full(tp.n, -RELAY_VTH))
+            return ev
+        rng = layer.range
+        base = rng.baseline[tp.neurons]
+        if layer.kind == "fs":
+            for t in range(K):
+                add((layer.stage - 1) * K, a * K + t, base)
+                add(layer.stage * K + t - 1, a * K + t, rng.gate[tp.neurons, t])
+                add(layer.stage * K + t, a * K + t, np.full(tp.n, -rng.vth))
+        else:
+            add((layer.stage - 1) * K, a, base)
+            add(layer.stage * K, a, np.full(tp.n, -rng.vth))
+        return ev
+
+    def _clock_synapses(self, layer: Layer, tp: Part, label: str) -> list[tuple[Synapse, Axon]]:
+        ev = {r: v for r, v in self._events(layer, tp).items() if v.any()}
+        phases = sorted(ev)
+        by_exp: dict[int, dict[int, np.ndarray]] = {}
+        for r in phases:
+            for plane, exp in constant_planes(ev[r]):
+                by_exp.setdefault(exp, {})[r] = plane
+        out = []
+        for exp, rows in sorted(by_exp.items()):
+            rs = sorted(rows)
+            weights, indices = [], []
+            for r in rs:
+                nz = np.flatnonzero(rows[r])
+                weights.append(rows[r][nz][None, :])
+                indices.append(nz[None, :])
+            syn = _synapse(f"{label}.clk{exp}", weights, indices, np.arange(len(rs)), np.zeros(len(rs)), exp, 0)
+            cmap = -np.ones(self.P, np.int64)
+            for i, r in enumerate(rs):
+                cmap[r] = i
+            ax = _axon(f"{label}.clk{exp}", syn, cmap, np.zeros(self.P))
+            out.append((syn, ax))
+        return out
+
+    # -- partition --------------------------------------------------------------------
+    def _trial(self, layer: Layer, per_core: int) -> dict[str, int]:
+        """Resources of the first (largest) core of ``layer`` split ``per_core`` neurons a core."""
+        part = _parts_for(layer, per_core)[0]
+        part.block = _block("trial", part.n * layer.K, 64)
+        syns = [p.synapse for p in self._incoming(layer, part, "trial")]
+        if layer.kind == "fs":
+            syns += self._inhibition(layer, part, "trial")
+        syns += [s for s, _ in self._clock_synapses(layer, part, "trial")]
+        for s in syns:
+            part.block.add_synapse(s)
+        _unify_formats(part.block)
+        return {
+            "compartments": part.n * layer.K,
+            "in_axons": sum(s.n_axons for s in syns),
+            "synapse_bits": sum(s.bits() for s in syns),
+            "formats": _formats(syns),
+        }
+
+    LIMITS = {
+        "compartments": MAX_COMPARTMENTS,
+        "in_axons": MAX_IN_AXONS,
+        "synapse_bits": MAX_SYNAPSE_BITS,
+        "formats": MAX_SYNAPSE_FORMATS,
+    }
+    LIMIT_NAMES = {
+        "compartments": "compartments per core",
+        "in_axons": "input axons per core",
+        "synapse_bits": "synapse memory bits per core",
+        "formats": "synapse formats per core",
+    }
+
+    def _fits(self, use: dict[str, int]) -> str | None:
+        for key, limit in self.LIMITS.items():
+            if use[key] > limit:
+                return key
+        return None
+
+    def _choose_per_core(self, layer: Layer) -> int:
+        unit = layer.shape[0] if layer.image else 1
+        hi = max(unit, (MAX_COMPARTMENTS // layer.K) // unit * unit)
+        hi = min(hi, max(unit, layer.n))
+        if layer.name in self.per_core_override:
+            hi = min(hi, max(unit, self.per_core_override[layer.name]))
+        use = self._trial(layer, hi)
+        if self._fits(use) is None:
+            return hi
+        lo_use = self._trial(layer, unit)
+        bad = self._fits(lo_use)
+        if bad is not None:
+            raise ResourceError(
+                f"layer {layer.name!r}: one {'pixel' if layer.image else 'neuron'} per core already needs "
+                f"{lo_use[bad]} {self.LIMIT_NAMES[bad]} (limit {self.LIMITS[bad]}); "
+                f"K={self.K} compartments per neuron, fan-in too large for a Loihi core"
+            )
+        lo = unit  # fits
+        hi_bad = hi
+        while hi_bad - lo > unit:
+            mid = (lo + hi_bad) // 2 // unit * unit
+            if mid <= lo:
+                break
+            if self._fits(self._trial(layer, mid)) is None:
+                lo = mid
+            else:
+                hi_bad = mid
+        return lo
+
+    # -- main -------------------------------------------------------------------------
+    def build(self) -> Program:
+        net, K = self.net, self.K
+        model = Model(dt=0.001, label=str(net.metadata.get("name", "fs-hw")))
+        stages = net.stages
+        inp = net.input
+        code = net.code_of(inp)
+        host = Layer(inp.name, "host", inp.shape, K, 0, d=code.d.astype(np.int64))
+        per = max(1, MAX_ATOMS // (inp.shape[0] if len(inp.shape) == 3 else 1)) * (
+            inp.shape[0] if len(inp.shape) == 3 else 1)
+        host.parts = _parts_for(host, per)
+        self.layers[inp.name] = host
+        # clock
+        clock = _block("clock", self.P, 64)
+        ring_w = [np.full((self.P, 1), RING_WEIGHT)]
+        ring_i = [((np.arange(self.P) + 1) % self.P)[:, None]]
+        ring = _synapse("clock.ring", ring_w, ring_i, [0], [0], 0, 32)
+        clock.add_synapse(ring)
+        clock.add_axon(_axon("clock.ring", ring, np.zeros(self.P), np.arange(self.P)))
+        start_syn = _synapse("clock.start", [np.array([[RING_WEIGHT]])], [np.array([[0]])], [0], [0], 0, 0)
+        clock.add_synapse(start_syn)
+        start = SpikeInput(1, label="clock.start")
+        start.add_axon(_axon("clock.start", start_syn, np.zeros(1), np.zeros(1)))
+
+        receivers = [n for n in net.order if isinstance(n, (FSActivation, Readout))]
+        for node in receivers:
+            kind = "fs" if isinstance(node, FSActivation) else "readout"
+            layer = Layer(
+                node.name, kind, net.shapes[node.name], K if kind == "fs" else 1, stages[node.name],
+                d=net.code_of(node).d.astype(np.int64) if kind == "fs" else None,
+                range=self.ranges[node.name],
+            )
+            per_core = self._choose_per_core(layer)
+            layer.parts = _parts_for(layer, per_core)
+            self.layers[node.name] = layer
+            for i, tp in enumerate(layer.parts):
+                label = f"{node.name}[{i}]"
+                tp.block = _block(label, tp.n * layer.K, layer.range.vth)
+                for pend in self._incoming(layer, tp, label):
+                    tp.block.add_synapse(pend.synapse)
+                    for sp, ax, s in pend.axons:
+                        src_layer = self._layer_of_part(sp)
+                        self._attach(src_layer, sp, ax, s, stage=layer.stage - 1)
+                if kind == "fs":
+                    for syn in self._inhibition(layer, tp, label):
+                        tp.block.add_synapse(syn)
+        # clock synapses for every receiving part (relays included)
+        for layer in self.layers.values():
+            if layer.kind == "host":
+                continue
+            for i, tp in enumerate(layer.parts):
+                for syn, ax in self._clock_synapses(layer, tp, f"{layer.name}[{i}]"):
+                    tp.block.add_synapse(syn)
+                    clock.add_axon(ax)
+        # assemble the model
+        blocks = [clock]
+        for layer in self.layers.values():
+            for tp in layer.parts:
+                if layer.kind == "host":
+                    continue
+                _unify_formats(tp.block)
+                blocks.append(tp.block)
+        for b in blocks:
+            model.add_block(b)
+        model.add_input(start)
+        for tp in host.parts:
+            for si in tp.inputs.values():
+                model.add_input(si)
+        for layer in self.layers.values():
+            if layer.kind in ("fs", "readout"):
+                for tp in layer.parts:
+                    tp.probe = LoihiProbe(target=tp.block, key="spiked" if layer.kind == "fs" else "voltage")
+                    model.add_probe(tp.probe)
+        program = Program(
+            network=net, model=model, K=K, period=self.P, readout_stage=stages[net.readout.name],
+            layers=self.layers, clock_start=start, resources={}, config=self.cfg,
+        )
+        return program
+
+    def _layer_of_part(self, part: Part) -> Layer:
+        for layer in self.layers.values():
+            if any(p is part for p in layer.parts):
+                return layer
+        raise KeyError("part not in any layer")
+
+
+def lower_network(network: Network, config: LoihiConfig) -> Program:
+    """Build, partition and check the program; refuse (ResourceError) if it does not fit."""
+    from fs_hw_loihi.resources import check_program
+
+    overrides: dict[str, int] = {}
+    for _ in range(6):
+        program = Lowering(network, config, overrides).build()
+        shrink = check_program(program)
+        if not shrink:
+            return program
+        for name, per_core in shrink.items():
+            overrides[name] = per_core
+    raise ResourceError(f"could not partition layers {sorted(overrides)} within the out-axon limit")

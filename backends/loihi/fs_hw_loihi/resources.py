@@ -1,0 +1,175 @@
+"""Resource accounting and the checks that refuse a network before it runs.
+
+Per core (one nengo-loihi block is one core): compartments, input axons, output axon
+slots, synapse memory bits and synapse formats, counted with nengo-loihi's own
+``LoihiBlock.utilization`` and ``Synapse.bits``; per board: cores against
+``chips x cores_per_chip``. The model is then passed through nengo-loihi's validator
+and its ``Greedy`` allocator, whose board goes through the hardware validator.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nengo_loihi.block import MAX_COMPARTMENTS, MAX_IN_AXONS, MAX_OUT_AXONS, MAX_SYNAPSE_BITS
+
+from fs_hw.errors import ResourceError
+from fs_hw_loihi.program import MAX_SYNAPSE_FORMATS
+
+if TYPE_CHECKING:
+    from fs_hw_loihi.program import Program
+
+
+
+def _block_use(block) -> dict[str, int]:
+    util = block.utilization()
+    return {
+        "compartments": util["compartments"][0],
+        "in_axons": util["in-axons"][0],
+        "out_axons": util["out-axons"][0],
+        "synapse_bits": util["synapses"][0],
+        "formats": len({s.synapse_cfg for s in block.synapses}),
+    }
+
+
+LIMITS = {
+    "compartments": (MAX_COMPARTMENTS, "compartments per core"),
+    "in_axons": (MAX_IN_AXONS, "input axons per core"),
+    "out_axons": (MAX_OUT_AXONS, "output axon slots per core"),
+    "synapse_bits": (MAX_SYNAPSE_BITS, "synapse memory bits per core"),
+    "formats": (MAX_SYNAPSE_FORMATS, "synapse formats per core"),
+}
+
+
+def check_program(program: "Program") -> dict[str, int]:
+    """Check every core and the board; fill ``program.resources``.
+
+    Returns layers to re-partition with fewer neurons per core (empty when all fits);
+    raises :class:`~fs_hw.errors.ResourceError` when the network cannot fit.
+    """
+    cfg = program.config
+    shrink: dict[str, int] = {}
+    cores_by_layer: dict[str, int] = {"clock": 1}
+    for name, layer in program.layers.items():
+        if layer.kind == "host":
+            continue
+        cores_by_layer[name] = len(layer.parts)
+        for i, part in enumerate(layer.parts):
+            use = _block_use(part.block)
+            for key, (limit, what) in LIMITS.items():
+                if use[key] > limit:
+                    unit = layer.shape[0] if layer.image else 1
+                    per = max(p.n for p in layer.parts)
+                    target = layer.source if layer.kind == "relay" else name
+                    if per <= unit or layer.kind == "relay" and program.layers[target].kind == "host":
+                        raise ResourceError(
+                            f"layer {name!r} (core {i}): {use[key]} {what} exceed the limit {limit} "
+                            f"even with one {'pixel' if layer.image else 'neuron'} per core"
+                        )
+                    shrink[target] = max(unit, per // 2 // unit * unit)
+    if shrink:
+        return shrink
+    total = sum(cores_by_layer.values())
+    board = cfg.chips * cfg.cores_per_chip
+    if total > board:
+        biggest = sorted(cores_by_layer.items(), key=lambda kv: -kv[1])
+        detail = ", ".join(f"{k}: {v}" for k, v in biggest[:6])
+        raise ResourceError(
+            f"layer {biggest[0][0]!r} needs {biggest[0][1]} cores and the network {total} cores "
+            f"({detail}); the board has {cfg.chips} chip(s) x {cfg.cores_per_chip} cores = {board} cores"
+        )
+    _nengo_checks(program)
+    program.resources = summarize(program, cores_by_layer)
+    return {}
+
+
+def _nengo_checks(program: "Program") -> None:
+    from nengo_loihi.builder.validate import validate_model
+    from nengo_loihi.hardware.allocators import Greedy
+    from nengo_loihi.hardware.validate import validate_board
+
+    cfg = program.config
+    try:
+        validate_model(program.model)
+        board = Greedy(cores_per_chip=cfg.cores_per_chip)(program.model, n_chips=cfg.chips)
+        validate_board(board)
+    except (AssertionError, ValueError, Exception) as exc:  # nengo raises BuildError/asserts
+        raise ResourceError(f"nengo-loihi rejects the program: {type(exc).__name__}: {exc}") from None
+    program.board_chips = board.n_chips
+
+
+def summarize(program: "Program", cores_by_layer: dict[str, int]) -> dict:
+    """Resource figures for the artifact and the report."""
+    blocks = list(program.model.blocks)
+    uses = [_block_use(b) for b in blocks]
+    data_entries = 0
+    data_bits = 0
+    per_layer = {}
+    for name, layer in program.layers.items():
+        if layer.kind in ("host",):
+            continue
+        entries = bits = 0
+        for part in layer.parts:
+            for syn in part.block.synapses:
+                if "<" in (syn.label or ""):
+                    entries += syn.size()
+                    bits += syn.bits()
+        data_entries += entries
+        data_bits += bits
+        if layer.kind in ("fs", "readout"):
+            from fs_hw_loihi.maps import ConvMap
+
+            rin = program_maps(program).get(name)
+            weights = 0
+            if rin is not None:
+                for m in rin.maps.values():
+                    weights += m.n_weights()
+            per_layer[name] = {
+                "cores": len(layer.parts),
+                "compartments": int(sum(p.block.compartment.n_compartments for p in layer.parts)),
+                "neurons_per_core": int(max(p.n for p in layer.parts)),
+                "weights": int(weights),
+                "synapse_entries": int(entries),
+                "entries_per_weight": round(entries / weights, 3) if weights else None,
+                "kinds": sorted({"conv" if isinstance(m, ConvMap) and layer.image else "dense"
+                                 for m in rin.maps.values()}) if rin else [],
+            }
+        elif layer.kind == "relay":
+            per_layer[name] = {
+                "cores": len(layer.parts),
+                "compartments": int(sum(p.block.compartment.n_compartments for p in layer.parts)),
+            }
+    program.layer_resources = per_layer
+    ir_weights = sum(v.get("weights", 0) for v in per_layer.values())
+    total_bits = int(sum(u["synapse_bits"] for u in uses))
+    return {
+        "chips": int(getattr(program, "board_chips", -(-len(blocks) // program.config.cores_per_chip))),
+        "cores": len(blocks),
+        "compartments": int(sum(u["compartments"] for u in uses)),
+        "synapse_memory_bits": total_bits,
+        "synapse_memory_bits_data": int(data_bits),
+        "synapse_entries_data": int(data_entries),
+        "synapse_entries_per_weight": round(data_entries / ir_weights, 3) if ir_weights else None,
+        "synapse_bits_per_weight": round(data_bits / ir_weights, 2) if ir_weights else None,
+        "input_axons": int(sum(u["in_axons"] for u in uses)),
+        "output_axon_slots": int(sum(u["out_axons"] for u in uses)),
+        "max_core_use": ", ".join(f"{k} {max(u[k] for u in uses)}/{LIMITS[k][0]}" for k in LIMITS),
+        "time_steps_per_sample": int(program.period),
+        "latency_steps": int(program.readout_stage * program.K),
+        "K": int(program.K),
+        "cores_by_layer": ", ".join(f"{k} {v}" for k, v in cores_by_layer.items()),
+        "entries_per_weight_by_layer": ", ".join(
+            f"{k} {v['entries_per_weight']} ({'/'.join(v['kinds'])})"
+            for k, v in per_layer.items() if v.get("entries_per_weight") is not None
+        ),
+    }
+
+
+def program_maps(program: "Program"):
+    from fs_hw_loihi.maps import receiver_inputs
+
+    cache = getattr(program, "_maps", None)
+    if cache is None:
+        cache = receiver_inputs(program.network)
+        program._maps = cache
+    return cache

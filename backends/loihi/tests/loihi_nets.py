@@ -1,0 +1,29 @@
+"""Networks shared by the Loihi tests."""
+
+import numpy as np
+from fs_hw.ir import Add, Dense, FSActivation, Input, Network, Readout
+from fs_hw.codes import relu_code
+
+EMULATOR = {"emulator": True}
+
+
+def skip_network(seed: int = 5, K: int = 5) -> Network:
+    """Dense network whose read-out adds outputs of stages 3, 1 and 0 (input):
+    exercises two relay layers and a host-delayed input copy."""
+    rng = np.random.default_rng(seed)
+    inp = relu_code(1.0, K, ">=", name="in")
+    act = relu_code(2.0, K, ">", name="act")
+    nodes = [Input("x", (6,), "in")]
+    prev = "x"
+    for i in range(3):
+        nodes += [Dense(f"d{i}", prev, rng.normal(0, 0.8, (5, 5 if i else 6)), rng.normal(0, 0.2, 5)),
+                  FSActivation(f"fs{i}", f"d{i}", "act")]
+        prev = f"fs{i}"
+    nodes += [
+        Dense("h3", "fs2", rng.normal(0, 1, (4, 5)), np.zeros(4)),
+        Dense("h4", "fs0", rng.normal(0, 1, (4, 5)), np.zeros(4)),
+        Dense("h5", "x", rng.normal(0, 1, (4, 6)), np.zeros(4)),
+        Add("sum", operands=("h3", "h4", "h5")),
+        Readout("out", "sum"),
+    ]
+    return Network(tuple(nodes), {"in": inp, "act": act}, {"scenario": "skip"})

@@ -1,0 +1,50 @@
+"""fs-deploy --target loihi end to end (emulator)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("nengo_loihi")
+
+from fs_hw.backend import available_targets  # noqa: E402
+from fs_hw.cli import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_entry_point_registered():
+    assert "loihi" in available_targets()
+
+
+def test_fs_deploy_residual_cnn(tmp_path, capsys):
+    report = tmp_path / "r.json"
+    rc = main([str(EXAMPLES / "residual_cnn.fsnet"), "--target", "loihi", "--emulator",
+               "--inputs", str(EXAMPLES / "residual_cnn_inputs.npz"), "--samples", "12",
+               "--config", str(ROOT / "deploy_configs" / "loihi.toml"), "--report", str(report),
+               "--out", str(tmp_path / "out")])
+    assert rc == 0
+    r = json.loads(report.read_text())
+    assert r["agreement"] == 1.0 and r["spike_mismatches"] == 0
+    assert r["resources"]["cores"] >= 5 and r["info"]["runner"] == "emulator"
+    assert (tmp_path / "out" / "loihi.json").is_file()
+
+
+def test_fs_deploy_bundled_example(tmp_path):
+    report = tmp_path / "r.json"
+    rc = main(["--target", "loihi", "--emulator", "--samples", "3",
+               "--config", str(ROOT / "deploy_configs" / "loihi.toml"), "--report", str(report)])
+    assert rc == 0
+    r = json.loads(report.read_text())
+    assert r["agreement"] == 1.0 and r["spike_mismatches"] == 0
+    assert r["predicted_accuracy"] is not None and r["reference_accuracy"] is not None
+    assert any("weights rounded" in n for n in r["notes"])
+
+
+def test_fs_deploy_bad_config_key(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[target]\nchipz = 2\n")
+    rc = main(["--target", "loihi", "--config", str(cfg), "--samples", "1"])
+    assert rc == 2
+    assert "chipz" in capsys.readouterr().err

@@ -1,0 +1,82 @@
+"""Emulator runs equal the reference on the Loihi profile, spike for spike."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nengo_loihi")
+
+from fs_hw import conformance  # noqa: E402
+from fs_hw.backend import Backend  # noqa: E402
+from fs_hw.reference.simulator import run_reference  # noqa: E402
+
+from loihi_nets import skip_network  # noqa: E402
+from fs_hw_loihi.backend import LoihiBackend  # noqa: E402
+from fs_hw_loihi.profile import loihi_profile  # noqa: E402
+
+
+def _check(net, x, config=None):
+    backend = LoihiBackend()
+    assert isinstance(backend, Backend)
+    art = backend.lower(net, {"emulator": True, **(config or {})})
+    res = backend.run(art, x, record_spikes=True)
+    spike = run_reference(art.network, x, "spike", art.profile, record_spikes=True)
+    fast = run_reference(art.network, x, "fast", art.profile, record_spikes=True)
+    for ref in (spike, fast):
+        comp = conformance.compare_runs(ref, res)
+        assert comp.exact, comp
+        np.testing.assert_array_equal(ref.outputs, res.outputs)
+        np.testing.assert_array_equal(ref.predictions, res.predictions)
+    assert set(res.spike_trains) == {n.name for n in art.network.spiking_nodes()}
+    for name, train in res.spike_trains.items():
+        assert train.dtype == np.uint8
+        assert train.shape == (len(x), net.K, *net.shapes[name])
+    assert res.info["runner"] == "emulator"
+    assert res.info["steps_per_sample"] == 2 * net.K
+    return art, res
+
+
+def test_mlp_exact():
+    net, x = conformance.scenario("mlp_relu_ge", samples=12, seed=7)
+    _check(net, x, {"batch_size": 5})
+
+
+def test_small_cnn_exact():
+    net, x = conformance.scenario("conv", samples=10, seed=11)
+    art, _ = _check(net, x)
+    assert "conv" in art.resources["entries_per_weight_by_layer"]
+
+
+def test_residual_block_exact():
+    net, x = conformance.scenario("residual", samples=10, seed=13)
+    art, _ = _check(net, x)
+    # the skip from stage 1 to stage 3 goes through one relay layer
+    assert "fs_stem@relay2" in art.resources["cores_by_layer"]
+
+
+def test_skip_over_two_stages_and_from_input():
+    net = skip_network()
+    x = np.random.default_rng(0).uniform(0, 1, (9, 6))
+    art, _ = _check(net, x, {"batch_size": 4})
+    assert "fs0@relay3" in art.resources["cores_by_layer"]
+
+
+def test_fitted_code_rounding_is_noted_and_exact():
+    net, x = conformance.scenario("code:swish_published_k16", samples=6, seed=2)
+    art, _ = _check(net, x)
+    assert any("output weights d rounded" in n for n in art.notes)
+
+
+def test_profile_is_integer_and_close_to_float():
+    net, x = conformance.scenario("mlp_relu_ge", samples=200, seed=1)
+    int_net, profile, notes = loihi_profile(net)
+    assert profile.dtype == "int64" and profile.membrane_bits == 24
+    for node in int_net.nodes:
+        for arr in node.arrays().values():
+            assert np.array_equal(arr, np.round(arr))
+    for code in int_net.codes.values():
+        for table in (code.T, code.h, code.d):
+            assert np.array_equal(table, np.round(table))
+    q = run_reference(int_net, x, "fast", profile)
+    f = run_reference(net, x, "fast")
+    assert np.mean(q.predictions == f.predictions) > 0.95
+    assert any("weights rounded" in n for n in notes)

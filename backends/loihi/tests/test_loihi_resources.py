@@ -1,0 +1,104 @@
+"""Partitioning, resource figures, and refusal of networks that do not fit."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nengo_loihi")
+
+from fs_hw import conformance  # noqa: E402
+from fs_hw.codes import relu_code  # noqa: E402
+from fs_hw.errors import ResourceError  # noqa: E402
+from fs_hw.ir import Conv2d, Dense, Flatten, FSActivation, Input, Network, Readout  # noqa: E402
+
+from fs_hw_loihi.backend import LoihiBackend  # noqa: E402
+
+
+def _mlp(n_in, n_hidden, K=8, seed=0):
+    rng = np.random.default_rng(seed)
+    inp, act = relu_code(1.0, K, ">=", name="in"), relu_code(2.0, K, ">=", name="act")
+    nodes = (
+        Input("x", (n_in,), "in"),
+        Dense("d0", "x", rng.normal(0, 1 / np.sqrt(n_in), (n_hidden, n_in)), np.zeros(n_hidden)),
+        FSActivation("hidden", "d0", "act"),
+        Dense("d1", "hidden", rng.normal(0, 1 / np.sqrt(n_hidden), (10, n_hidden)), np.zeros(10)),
+        Readout("out", "d1"),
+    )
+    return Network(nodes, {"in": inp, "act": act}, {})
+
+
+def _cnn(size, C=4, K=6, seed=0):
+    rng = np.random.default_rng(seed)
+    inp, act = relu_code(1.0, K, ">=", name="in"), relu_code(2.0, K, ">=", name="act")
+    nodes = (
+        Input("x", (1, size, size), "in"),
+        Conv2d("c0", "x", rng.normal(0, 0.5, (C, 1, 3, 3)), np.zeros(C), padding=1),
+        FSActivation("f0", "c0", "act"),
+        Conv2d("c1", "f0", rng.normal(0, 0.3, (C, C, 3, 3)), np.zeros(C), padding=1),
+        FSActivation("f1", "c1", "act"),
+        Flatten("flat", "f1"),
+        Dense("fc", "flat", rng.normal(0, 0.1, (3, C * size * size)), np.zeros(3)),
+        Readout("out", "fc"),
+    )
+    return Network(nodes, {"in": inp, "act": act}, {})
+
+
+def test_resources_reported():
+    net, _ = conformance.scenario("mlp_relu_ge")
+    res = LoihiBackend().lower(net, {"emulator": True}).resources
+    for key in ("chips", "cores", "compartments", "synapse_memory_bits", "input_axons",
+                "output_axon_slots", "time_steps_per_sample", "latency_steps",
+                "synapse_entries_per_weight", "synapse_bits_per_weight"):
+        assert key in res, key
+    assert res["time_steps_per_sample"] == 2 * net.K
+    assert res["latency_steps"] == net.time_steps
+    # dense layers with full weight rows: exactly K synapse entries per weight
+    assert res["synapse_entries_per_weight"] == net.K
+
+
+def test_dense_layer_split_over_cores_by_memory():
+    art = LoihiBackend().lower(_mlp(784, 64), {"emulator": True})
+    layers = art.payload.layer_resources
+    assert layers["hidden"]["cores"] > 1
+    assert art.resources["chips"] == 1
+    for block in art.payload.model.blocks:
+        util = block.utilization()
+        for used, limit in util.values():
+            assert used <= limit
+
+
+def test_conv_memory_grows_with_kernel_not_image():
+    small = LoihiBackend().lower(_cnn(6), {"emulator": True}).payload.layer_resources["f1"]
+    large = LoihiBackend().lower(_cnn(12), {"emulator": True}).payload.layer_resources["f1"]
+    assert small["weights"] == large["weights"] == 4 * 4 * 9
+    # each core stores the kernel (x K, x border patterns) once: per-core memory does not
+    # grow with the image; a dense mapping would store n_in x n_out x K entries
+    assert large["cores"] > small["cores"]
+    assert large["synapse_entries"] / large["cores"] <= 1.2 * small["synapse_entries"] / small["cores"]
+    dense_equivalent = (4 * 144) ** 2 * 6
+    assert large["synapse_entries"] < 0.02 * dense_equivalent
+
+
+def test_refused_when_board_too_small():
+    net = _mlp(784, 64)
+    with pytest.raises(ResourceError) as err:
+        LoihiBackend().lower(net, {"emulator": True, "chips": 1, "cores_per_chip": 3})
+    msg = str(err.value)
+    assert "layer 'hidden'" in msg
+    assert "1 chip(s) x 3 cores = 3 cores" in msg
+    assert "cores" in msg and "needs" in msg
+
+
+def test_refused_when_fan_in_exceeds_a_core():
+    net = _mlp(12000, 2)
+    with pytest.raises(ResourceError) as err:
+        LoihiBackend().lower(net, {"emulator": True})
+    msg = str(err.value)
+    assert "layer 'hidden'" in msg
+    assert "synapse memory bits per core" in msg
+    assert "limit 1048576" in msg
+
+
+def test_several_chips():
+    art = LoihiBackend().lower(_mlp(784, 64), {"emulator": True, "chips": 4, "cores_per_chip": 4})
+    assert 1 < art.resources["chips"] <= 4
+    assert art.resources["cores"] <= 16
