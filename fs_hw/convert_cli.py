@@ -1,0 +1,178 @@
+"""`fs-convert`: a trained torch model (zoo name or torch.export file) into an `.fsnet` file.
+
+    fs-convert resnet20 --out resnet20.fsnet --K 8 --alpha-policy percentile:99.99
+    fs-convert my_model.pt2 --out my_model.fsnet --calibration 2000 --evaluate 1000
+
+MODEL is a zoo name (``fs_hw.zoo``) or a file written by ``torch.export.save`` (read
+with ``torch.export.load``; that format is not a pickle). Calibration samples are drawn
+from the data set's *train* split (seeded, without replacement); ``--evaluate N``
+measures ANN and FS accuracy on the first N *test* images and records them.
+
+Exit status: 0 on success, 2 on bad input (printed as one line ``fs-convert: error:
+...``, without a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fs_hw.data import load_dataset
+from fs_hw.errors import FormatError, FSHWError, MissingDependencyError, ValidationError
+
+DEFAULT_CALIBRATION = 2000
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, like every other error
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fs_hw.convert.calibrate import DEFAULT_ALPHA_POLICY
+
+    p = _Parser(prog="fs-convert", description=(
+        "Convert a trained PyTorch network (a zoo name, or a file saved with torch.export.save) into an FS "
+        "network file (.fsnet) for fs-deploy. See docs/convert.md."))
+    p.add_argument("model", metavar="MODEL", help="zoo model name, or a torch.export file (.pt2)")
+    p.add_argument("--out", required=True, help="the .fsnet file to write")
+    p.add_argument("--calibration", type=int, default=DEFAULT_CALIBRATION, metavar="N",
+                   help=f"calibration images from the train split (default {DEFAULT_CALIBRATION})")
+    p.add_argument("--K", type=int, default=None,
+                   help="time steps per FS phase, one for the whole network (default: 8 for ReLU networks, "
+                   "else the largest K with shipped codes for all activations)")
+    p.add_argument("--alpha-policy", default=DEFAULT_ALPHA_POLICY, metavar="P",
+                   help=f"ReLU scale policy: 'percentile:<p>', 'max' or a number (default {DEFAULT_ALPHA_POLICY})")
+    p.add_argument("--no-half-step", action="store_true",
+                   help="do not add the half-step offset to ReLU inputs (the code then truncates)")
+    p.add_argument("--input-code", choices=("round", "truncate", "analog"), default="round",
+                   help="how the input enters: rounded binary code (default), truncating ReLU code, or analog")
+    p.add_argument("--dataset", default="fashion-mnist", help="data set for calibration (default fashion-mnist)")
+    p.add_argument("--evaluate", type=int, default=0, metavar="N",
+                   help="also measure ANN and FS accuracy on the first N test images and record them")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration sample (default 0)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    return p
+
+
+def load_model(spec: str) -> tuple[Any, str, dict]:
+    """The model, its display name, and metadata known about it."""
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError("fs-convert needs torch: pip install 'fs-hw[torch]' (torch==2.13.0)") from None
+    from fs_hw.zoo import ZOO
+    from fs_hw.zoo import load as zoo_load
+    from fs_hw.zoo import metadata as zoo_metadata
+
+    path = Path(spec)
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise FormatError(f"{path}: not a torch.export file (torch.export.save writes a zip archive)")
+        quiet = logging.getLogger("torch.export")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # torch logs a traceback before raising on a bad archive
+        try:
+            program = torch.export.load(path)
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise FormatError(f"{path}: not a torch.export file ({type(exc).__name__}: {msg})") from None
+        finally:
+            quiet.setLevel(level)
+        return program, path.name, {"source_file": str(path)}
+    if spec in ZOO:
+        model = zoo_load(spec)
+        meta: dict[str, Any] = {}
+        try:
+            info = zoo_metadata(spec)
+        except FSHWError:
+            info = {}
+        if "test_accuracy" in info:
+            meta["ann_test_accuracy"] = float(info["test_accuracy"]) / 100.0
+        if "dataset" in info:
+            meta["dataset"] = info["dataset"]
+        return model, spec, meta
+    raise ValidationError("fs-convert", "MODEL", f"{spec!r} is neither a file nor a zoo model (known: {', '.join(ZOO)})")
+
+
+def convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from fs_hw.convert import AlphaPolicy, from_torch, trace
+    from fs_hw.ir import save_network
+    from fs_hw.reference.simulator import run_reference
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+    AlphaPolicy.parse(args.alpha_policy, "--alpha-policy")
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise FormatError(f"{out}: exists; refusing to overwrite (pass --force)")
+    if args.calibration < 1:
+        raise ValidationError("fs-convert", "--calibration", f"must be >= 1, got {args.calibration}")
+    if args.evaluate < 0:
+        raise ValidationError("fs-convert", "--evaluate", f"must be >= 0, got {args.evaluate}")
+    model, model_name, meta = load_model(args.model)
+    if meta.get("dataset", args.dataset) != args.dataset:
+        print(f"fs-convert: note: {model_name} was trained on {meta['dataset']}, calibrating on {args.dataset}",
+              file=sys.stderr)
+    train, _ = load_dataset(args.dataset, "train")
+    n = min(args.calibration, len(train))
+    idx = np.sort(np.random.default_rng(args.seed).choice(len(train), n, replace=False))
+    calib = train[idx]
+    meta.update({"model": model_name, "dataset": args.dataset})
+    t0 = time.perf_counter()
+    net = from_torch(
+        model, None if not isinstance(model, torch.nn.Module) else calib[:2], calib,
+        K=args.K, alpha_policy=args.alpha_policy, half_step=not args.no_half_step,
+        input_code=None if args.input_code == "analog" else args.input_code,
+        name=model_name, metadata=meta,
+    )
+    seconds = time.perf_counter() - t0
+    if args.evaluate:
+        x, y = load_dataset(args.dataset, "test")
+        x, y = x[: args.evaluate], y[: args.evaluate]
+        graph = trace(model, calib[:2] if isinstance(model, torch.nn.Module) else None)
+        with torch.no_grad():
+            ann = np.concatenate([graph.run(torch.from_numpy(x[i:i + 500]), dtype=torch.float32)[0].argmax(1).numpy()
+                                  for i in range(0, len(x), 500)])
+        fs = run_reference(net, x, "fast", batch_size=250, library="torch")
+        ann_acc, fs_acc = float(np.mean(ann == y)), float(np.mean(fs.predictions == y))
+        spn = fs.spikes_per_neuron(input_name=net.input.name)
+        meta_eval = {"samples": len(x), "split": "test", "ann_accuracy": ann_acc, "fs_accuracy": fs_acc,
+                     "spikes_per_neuron": spn}
+        net = net.replace(metadata={**net.metadata, "evaluation": meta_eval})
+        print(f"accuracy on {len(x)} test images: ANN {ann_acc:.4f}, FS {fs_acc:.4f} "
+              f"({100 * (fs_acc - ann_acc):+.2f} points), {spn:.3f} spikes per neuron")
+    save_network(net, out, overwrite=args.force)
+    fs_layers = len(net.metadata["conversion"]["layers"])
+    print(f"wrote {out}: {model_name}, K={net.K}, {fs_layers} FS layers, alpha policy "
+          f"{net.metadata['conversion']['alpha_policy']}, {n} calibration images, {seconds:.1f} s")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return convert(args)
+    except FSHWError as exc:
+        print(f"fs-convert: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"fs-convert: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fs-convert: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
