@@ -32,12 +32,40 @@ def _example_path(name: str) -> Path:
     return Path(str(resources.files("fs_hw").joinpath("examples", name)))
 
 
-def load_inputs(path: Path | None, network: Network) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Inputs (and labels when known) from an npz file (no pickles), or the bundled set."""
+def resolve_network(arg: str | None) -> tuple[Path, bool]:
+    """A .fsnet path, a zoo name (its converted network), or the bundled example."""
+    if arg is None:
+        return _example_path("fashion_mlp.fsnet"), True
+    path = Path(arg)
+    if path.exists():
+        return path, False
+    from fs_hw.zoo.models import ZOO
+
+    if arg in ZOO:
+        zoo_path = Path(str(resources.files("fs_hw").joinpath("zoo", "networks", f"{arg}.fsnet")))
+        if not zoo_path.is_file():
+            raise FormatError(
+                f"zoo network {arg!r} has no converted file {zoo_path}; "
+                f"make it with: fs-convert {arg} --out {arg}.fsnet"
+            )
+        return zoo_path, False
+    raise FormatError(f"{arg}: no such network file, and not a zoo name (zoo: {', '.join(ZOO)})")
+
+
+def load_inputs(path: Path | None, network: Network, bundled: bool = False) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Inputs (and labels when known): an npz file (no pickles), the bundled set, or the
+    test split of the data set the network's metadata names."""
     if path is None:
         dataset = network.metadata.get("dataset")
-        if network.metadata.get("name") == "fashion_mlp" or dataset == "fashion-mnist":
+        if bundled:
             path = _example_path("fashion_test.npz")
+        elif dataset is not None:
+            from fs_hw.data import DATASETS, load_dataset
+
+            if dataset not in DATASETS:
+                raise ValidationError("fs-deploy", "--inputs", f"network data set {dataset!r} is not one fs-hw loads; pass --inputs FILE.npz")
+            images, labels = load_dataset(dataset, "test")
+            return images.astype(np.float64), labels, f"{dataset} test split"
         else:
             raise ValidationError("fs-deploy", "--inputs", "this network has no bundled inputs; pass --inputs FILE.npz")
     if not Path(path).is_file():
@@ -127,14 +155,14 @@ def _safe_write_report(path: Path, report: dict) -> None:
 
 
 def deploy(args: argparse.Namespace) -> int:
-    network_path = Path(args.network) if args.network else _example_path("fashion_mlp.fsnet")
+    network_path, bundled = resolve_network(args.network)
     network = load_network(network_path)
     config = load_config(Path(args.config) if args.config else None, args.target)
     backend = get_backend(args.target)
     target_config = dict(config.get("target", {}))
     if args.emulator:
         target_config["emulator"] = True
-    images, labels, inputs_name = load_inputs(Path(args.inputs) if args.inputs else None, network)
+    images, labels, inputs_name = load_inputs(Path(args.inputs) if args.inputs else None, network, bundled)
     # --samples is a request that must be met; the config's samples is an upper bound.
     samples = args.samples or min(config.get("samples") or len(images), len(images))
     if samples < 1:
@@ -275,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fs-deploy",
         description="Lower an FS network to a target, run it, and check it spike for spike against the reference.",
     )
-    p.add_argument("network", nargs="?", help="a .fsnet file (default: the bundled Fashion-MNIST example)")
+    p.add_argument("network", nargs="?", help="a .fsnet file or a zoo name (default: the bundled Fashion-MNIST example)")
     p.add_argument("--target", help="target name (see --list-targets)")
     p.add_argument("--config", help="TOML settings (default: deploy_configs/<target>.toml if present)")
     p.add_argument("--samples", type=int, help="number of input samples to run")

@@ -102,3 +102,30 @@ def test_own_network_with_inputs_file(tmp_path, capsys):
     # without --inputs the tool says what to pass
     assert main([str(path), "--target", "reference"]) == 2
     assert "pass --inputs FILE.npz" in capsys.readouterr().err
+
+
+def test_network_from_dataset_metadata_uses_its_test_split(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from fs_hw.data import load_dataset
+
+    try:
+        load_dataset("fashion-mnist", "test")
+    except Exception as exc:  # data package missing: the loader's own error is tested elsewhere
+        pytest.skip(str(exc))
+    import numpy as np
+    from fs_hw.ir import load_network
+
+    net = load_network(__import__("fs_hw.cli", fromlist=["_example_path"])._example_path("fashion_mlp.fsnet"))
+    renamed = net.replace(metadata={**net.metadata, "name": "my_mlp"})
+    path = save_network(renamed, tmp_path / "mine.fsnet")
+    report = tmp_path / "r.json"
+    assert main([str(path), "--target", "reference", "--samples", "50", "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["inputs"] == "fashion-mnist test split" and data["spike_mismatches"] == 0
+    assert data["accuracy"] is not None
+
+
+def test_unknown_zoo_or_file_name(capsys):
+    assert main(["resnet99", "--target", "reference"]) == 2
+    err = capsys.readouterr().err
+    assert "resnet99: no such network file, and not a zoo name (zoo: mlp" in err
