@@ -231,10 +231,43 @@ def deploy(args: argparse.Namespace) -> int:
         if out.exists() and any(out.iterdir()) and not args.force:
             raise FormatError(f"{out}: exists and is not empty; pass --force to write into it")
         report["exported"] = [str(p) for p in backend.export(artifact, out)]
+        plot = _plot_layers(report, result, out / "spikes_per_layer.png")
+        if plot is not None:
+            report["exported"].append(str(plot))
     if args.report:
         _safe_write_report(Path(args.report), report)
     _print_summary(report)
     return 0 if comparison.exact else 1
+
+
+def _plot_layers(report: dict, result, path: Path) -> Path | None:
+    """Bar chart of spikes per neuron per layer and a spike-count histogram (if matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    layers = report["layers"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    names = list(layers)
+    ax1.bar(range(len(names)), [layers[n]["spikes_per_neuron"] for n in names], color="tab:green")
+    ax1.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax1.set_ylabel("spikes per neuron")
+    ax1.set_title(f"{report['target']}: {report['samples']} samples, K={report['K']}")
+    if result.spike_trains:
+        per_step = np.zeros(report["K"])
+        for train in result.spike_trains.values():
+            per_step += train.reshape(train.shape[0], train.shape[1], -1).sum(axis=(0, 2))
+        ax2.bar(range(report["K"]), per_step / report["samples"], color="tab:blue")
+        ax2.set_xlabel("step t within a stage")
+        ax2.set_ylabel("spikes per sample")
+        ax2.set_title("when neurons fire (all layers)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _jsonable(value: Any) -> bool:

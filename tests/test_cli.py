@@ -73,6 +73,7 @@ def test_out_folder_export_and_non_empty_refusal(tmp_path, capsys):
     out = tmp_path / "export"
     assert main(["--target", "reference", "--samples", "5", "--out", str(out)]) == 0
     assert (out / "network.fsnet").is_file()
+    assert (out / "spikes_per_layer.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["--target", "reference", "--samples", "5", "--out", str(out)]) == 2
     assert "not empty; pass --force" in capsys.readouterr().err
 
