@@ -77,14 +77,12 @@ def resnet20(K: int, seed: int = 0) -> tuple[Network, torch.nn.Module]:
         def forward(self, x):
             c, r = self.convs, torch.relu
             x = r(c["stem"](x))
-            cin = 16
-            for stage, cout in enumerate((16, 32, 64)):
+            for stage in range(3):
                 for block in range(3):
                     p = f"s{stage}b{block}"
                     h = c[f"{p}_conv2"](r(c[f"{p}_conv1"](x)))
                     short = c[f"{p}_short"](x) if f"{p}_short" in c else x
                     x = r(h + short)
-                    cin = cout
             return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
     return net, ANN().eval()

@@ -19,10 +19,10 @@ import numpy as np
 
 from fs_hw.backend import FLOAT64, available_targets, get_backend, KNOWN_TARGETS
 from fs_hw.conformance import compare_runs
-from fs_hw.errors import FormatError, FSHWError, ValidationError
+from fs_hw.errors import FormatError, FSHWError, ValidationError, run_command
 from fs_hw.ir.io import load_network
 from fs_hw.ir.network import Network
-from fs_hw.reference.simulator import run_reference
+from fs_hw.reference.simulator import concat_results, run_reference
 
 REPORT_MARKER = "fs_deploy_report"
 TOP_LEVEL_KEYS = {"samples": int, "target": dict}
@@ -124,8 +124,6 @@ def _console():
 
 
 def _run_chunked(run, inputs: np.ndarray, chunk: int, label: str):
-    from fs_hw.reference.simulator import concat_results
-
     parts = []
     bar = _progress(len(inputs), label)
     if bar is None:
@@ -349,23 +347,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _main(args: argparse.Namespace) -> int:
+    if args.list_targets:
+        return list_targets()
+    if not args.target:
+        raise ValidationError("fs-deploy", "--target", "is required (see --list-targets)")
+    return deploy(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.list_targets:
-            return list_targets()
-        if not args.target:
-            raise ValidationError("fs-deploy", "--target", "is required (see --list-targets)")
-        return deploy(args)
-    except FSHWError as exc:
-        print(f"fs-deploy: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"fs-deploy: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("fs-deploy: interrupted", file=sys.stderr)
-        return 130
+    return run_command("fs-deploy", _main, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

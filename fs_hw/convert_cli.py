@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from fs_hw.data import load_dataset
-from fs_hw.errors import FormatError, FSHWError, MissingDependencyError, ValidationError
+from fs_hw.errors import FormatError, FSHWError, MissingDependencyError, ValidationError, run_command
 
 DEFAULT_CALIBRATION = 2000
 
@@ -159,19 +159,7 @@ def convert(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return convert(args)
-    except FSHWError as exc:
-        print(f"fs-convert: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"fs-convert: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("fs-convert: interrupted", file=sys.stderr)
-        return 130
+    return run_command("fs-convert", convert, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -39,3 +39,25 @@ class TargetNotFoundError(FSHWError, LookupError):
 
 class MissingDependencyError(FSHWError, ImportError):
     """An optional package (torch, an SDK, a data set) is needed and absent."""
+
+
+def run_command(prog: str, action, *args) -> int:
+    """Run a console command's body; turn expected failures into one line and an exit code.
+
+    Every fs-hw command shares this: an :class:`FSHWError` or an ``OSError`` prints
+    ``"<prog>: error: <message>"`` on one line (no traceback) and returns 2; Ctrl-C returns 130.
+    """
+    import sys
+
+    try:
+        return action(*args)
+    except FSHWError as exc:
+        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

@@ -1,6 +1,5 @@
 """Backend discovery through entry points, and the conformance kit catching a bad backend."""
 
-import sys
 import textwrap
 
 import numpy as np

@@ -113,7 +113,6 @@ def test_network_from_dataset_metadata_uses_its_test_split(tmp_path, capsys):
         load_dataset("fashion-mnist", "test")
     except Exception as exc:  # data package missing: the loader's own error is tested elsewhere
         pytest.skip(str(exc))
-    import numpy as np
     from fs_hw.ir import load_network
 
     net = load_network(__import__("fs_hw.cli", fromlist=["_example_path"])._example_path("fashion_mlp.fsnet"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,6 +171,3 @@ class FSCode:
         """Largest |y| any input can produce (sum of |d|): bounds accumulators."""
         return float(np.abs(self.d).sum())
 
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

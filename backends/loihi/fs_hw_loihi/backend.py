@@ -79,10 +79,8 @@ class LoihiBackend:
             for i in range(0, max(len(x), 1), chunk)
         ]
         result = concat_results(parts)
-        if len(parts) > 1:
-            for key in ("steps", "samples"):
-                result.info[key] = int(sum(p.info[key] for p in parts))
-            result.info["seconds"] = round(sum(p.info["seconds"] for p in parts), 3)
+        if len(parts) > 1:  # concat_results summed steps, samples and seconds
+            result.info["seconds"] = round(result.info["seconds"], 3)
             result.info["seconds_per_sample"] = round(result.info["seconds"] / max(len(x), 1), 4)
         return result
 

@@ -255,7 +255,7 @@ class _Quantizer:
                 self.pin(op, u)
 
     def _build(self):
-        net, cfg = self.net, self.cfg
+        net = self.net
         new_nodes: list[Node] = []
         codes: dict[str, FSCode] = {}
         units: dict[str, float] = {}
