@@ -26,13 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
+from bench_reference import best_time
 
-from bench_reference import best_time  # noqa: E402  (same folder)
-from fs_hw.convert import from_torch  # noqa: E402
-from fs_hw.convert.search import FSTwin  # noqa: E402
-from fs_hw.reference.simulator import run_reference  # noqa: E402
+from fs_hw.convert import from_torch
+from fs_hw.convert.search import FSTwin
+from fs_hw.reference.simulator import run_reference
 
 
 def load_model(name: str):
@@ -53,7 +53,7 @@ def load_inputs(n_test: int, n_cal: int):
         x_train, _ = load_dataset("fashion-mnist", "train")
         x_test, _ = load_dataset("fashion-mnist", "test")
         return x_test[:n_test], x_train[:n_cal], "Fashion-MNIST"
-    except Exception:  # noqa: BLE001 - the benchmark runs without the data set too
+    except Exception:
         rng = np.random.default_rng(0)
         return (rng.uniform(0, 1, (n_test, 1, 28, 28)).astype(np.float32),
                 rng.uniform(0, 1, (n_cal, 1, 28, 28)).astype(np.float32), "random images")

@@ -19,13 +19,12 @@ import time
 import warnings
 
 import numpy as np
+from fs_hw_loihi.backend import LoihiBackend
 
 from fs_hw.codes import relu_code
 from fs_hw.conformance import compare_runs
 from fs_hw.ir import Conv2d, Dense, Flatten, FSActivation, Input, Network, Readout
 from fs_hw.reference.simulator import run_reference
-
-from fs_hw_loihi.backend import LoihiBackend
 
 
 def mlp(n_in=784, n_hidden=256, n_out=10, K=8, seed=0) -> Network:

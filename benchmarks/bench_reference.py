@@ -125,11 +125,11 @@ def main() -> None:
     t_ann64 = best_time(ann64_run, args.repeats)
     rows = [("torch ANN float32 (baseline)", args.batch / t_ann), ("torch ANN float64", args.batch / t_ann64)]
     for library in ("numpy", "torch"):
-        t = best_time(lambda: run_reference(net, x, "fast", library=library), args.repeats)
+        t = best_time(lambda library=library: run_reference(net, x, "fast", library=library), args.repeats)
         rows.append((f"reference fast, {library} kernels", args.batch / t))
     xs = x[: args.spike_batch]
     for library in ("numpy", "torch"):
-        t = best_time(lambda: run_reference(net, xs, "spike", library=library), 1)
+        t = best_time(lambda library=library: run_reference(net, xs, "spike", library=library), 1)
         rows.append((f"reference spike-level, {library} kernels ({len(xs)} imgs)", len(xs) / t))
     base, base64 = rows[0][1], rows[1][1]
     print(f"{'run':<52} {'images/s':>10} {'x ANN f32':>10} {'x ANN f64':>10}")

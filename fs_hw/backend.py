@@ -15,14 +15,15 @@ whose spikes equal, one for one, those of the reference backend run on
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from fs_hw.errors import TargetNotFoundError, FSHWError
+from fs_hw.errors import FSHWError, TargetNotFoundError
 from fs_hw.ir.network import Network
 
 ENTRY_POINT_GROUP = "fs_hw.backends"

@@ -17,14 +17,15 @@ Use it from a backend's tests::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any, Mapping
+from functools import cache
+from typing import Any
 
 import numpy as np
 
 from fs_hw.backend import Backend, RunResult
-from fs_hw.codes import relu_code, shipped_codes, published_codes
+from fs_hw.codes import published_codes, relu_code, shipped_codes
 from fs_hw.ir import Add, AvgPool2d, Conv2d, Dense, Flatten, FSActivation, Input, Network, Readout
 from fs_hw.ir.code import FSCode
 from fs_hw.reference.simulator import run_reference
@@ -101,7 +102,7 @@ def _code_scenario(rng, code: FSCode) -> Network:
     return Network(nodes, {inp.name: inp, code.name: code}, {"scenario": f"code {code.name}"})
 
 
-@lru_cache(maxsize=None)
+@cache
 def _all_codes() -> dict[str, FSCode]:
     return {**published_codes(), **shipped_codes()}
 

@@ -25,7 +25,8 @@ chip uses) and on torch tensors (for fitting, with gradients through ``spike_fn`
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 RULES = (">", ">=")
 

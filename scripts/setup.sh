@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create or reuse .venv/ and install everything fs-hw needs on a fresh machine:
-# Debian data packages, the Python pins, fs-hw itself and its in-repo backends.
+# Debian data packages, the Python packages (exact versions from constraints.txt), fs-hw itself and its in-repo backends.
 # Idempotent: a second run with unchanged pyproject files does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,10 +40,12 @@ for plugin in "${PLUGIN_FILES[@]}"; do
 done
 
 STAMP=.venv/.fs-hw-installed
-WANT=$(cat pyproject.toml "${PLUGIN_FILES[@]}" | sha256sum | cut -d' ' -f1)
+WANT=$(cat pyproject.toml constraints.txt "${PLUGIN_FILES[@]}" | sha256sum | cut -d' ' -f1)
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-    echo "setup: installing Python packages (pinned; torch is the CPU build)" >&2
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[all]' "${PLUGINS[@]}" 2>&1 \
+    # pyproject.toml states tested ranges; constraints.txt the exact known-good set.
+    echo "setup: installing Python packages (constraints.txt; torch is the CPU build)" >&2
+    .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt \
+        -e '.[all]' "${PLUGINS[@]}" 2>&1 \
         | grep -v "^WARNING: Location" || true
     .venv/bin/python -m pip check >/dev/null
     echo "$WANT" > "$STAMP"

@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-from fs_hw.data import load_dataset  # noqa: E402
-from fs_hw.zoo.models import ZOO, build, save  # noqa: E402
+from fs_hw.data import load_dataset
+from fs_hw.zoo.models import ZOO, build, save
 
 DATASET = "fashion-mnist"
 
@@ -138,7 +138,8 @@ def train(name: str, epochs: int | None, seed: int, weights_dir: Path | None) ->
     meta = dict(
         name=name, dataset=DATASET, test_accuracy=round(acc, 3), test2000_accuracy=round(acc2000, 3),
         epochs=E, seed=seed, train_time_s=round(train_time, 1), batch_size=BATCH,
-        optimizer=cfg["opt"], lr=cfg["lr"], weight_decay=cfg["wd"], schedule=f"linear warmup {WARMUP_EPOCHS} epoch + cosine",
+        optimizer=cfg["opt"], lr=cfg["lr"], weight_decay=cfg["wd"],
+        schedule=f"linear warmup {WARMUP_EPOCHS} epoch + cosine",
         augmentation=dict(crop_pad=cfg["crop"], hflip=cfg["flip"]), input="pixels/255 in [0,1], (N,1,28,28)",
         params=sum(p.numel() for p in model.parameters()), threads=torch.get_num_threads(),
         torch_version=torch.__version__, numpy_version=np.__version__, python=platform.python_version(),

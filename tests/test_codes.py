@@ -72,7 +72,12 @@ def test_shipped_code_provenance_is_measured(name):
     p = code.provenance
     assert p is not None and p.source.startswith("fs-hw fit, seed ")
     m = evaluate_code(code, p.function, p.x_range)
-    assert m == {"mse": p.mse, "max_abs_error": p.max_abs_error, "mean_spikes": p.mean_spikes}
+    # The recorded figures were measured on another machine: the MSE is a float64 sum whose
+    # last bits depend on the BLAS and CPU (8.670443263932725e-05 against ...728e-05 seen), so
+    # they agree to rel 1e-9, far tighter than any difference between two codes.
+    assert m["mse"] == pytest.approx(p.mse, rel=1e-9)
+    assert m["max_abs_error"] == pytest.approx(p.max_abs_error, rel=1e-9)
+    assert m["mean_spikes"] == pytest.approx(p.mean_spikes, rel=1e-9)
 
 
 def test_every_shipped_code_beats_the_published_one_at_the_same_k():
@@ -201,12 +206,14 @@ def test_quick_fit_improves_and_reports_evaluate_code(monkeypatch):
     code = report.code
     start_mse = evaluate_code(start, "tanh", x_range)["mse"]
     m = evaluate_code(code, "tanh", x_range)
-    assert report.initial_metrics["mse"] == start_mse
+    # the same computation in the same process; rel 1e-12 allows only BLAS summation order
+    assert report.initial_metrics["mse"] == pytest.approx(start_mse, rel=1e-12)
     assert m["mse"] < 0.8 * start_mse
     p = code.provenance
     assert (p.function, p.x_range) == ("tanh", x_range)
-    assert (p.mse, p.max_abs_error, p.mean_spikes) == (
-        m["mse"], m["max_abs_error"], m["mean_spikes"])
+    # provenance records what evaluate_code measures (same process: BLAS summation order only)
+    assert (p.mse, p.max_abs_error, p.mean_spikes) == pytest.approx(
+        (m["mse"], m["max_abs_error"], m["mean_spikes"]), rel=1e-12)
     assert p.source.startswith("fs-hw fit, seed 3")
 
 

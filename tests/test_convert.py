@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -552,6 +553,7 @@ def _data_or_skip():
         pytest.skip(str(exc))
 
 
+@pytest.mark.slow  # converts every zoo model and runs its twin
 @pytest.mark.parametrize("name, n", [("mlp", 300), ("lenet", 300), ("sigmoid_mlp", 300), ("swish_cnn", 100),
                                      ("resnet8", 100), ("resnet20", 40)])
 def test_zoo_models_match_twin(name, n):

@@ -50,7 +50,8 @@ def _integer_version(net: Network, scale: int = 64) -> Network:
     """Integer-valued copy: weights and tables rounded on a grid (what a target does)."""
     codes = {}
     for name, code in net.codes.items():
-        codes[name] = FSCode(name, np.round(code.T * scale), np.round(code.h * scale), np.round(code.d * scale), code.rule)
+        codes[name] = FSCode(name, np.round(code.T * scale), np.round(code.h * scale), np.round(code.d * scale),
+                             code.rule)
     nodes = []
     for node in net.nodes:
         if isinstance(node, Dense):
@@ -76,7 +77,8 @@ def test_integer_profile_modes_are_bit_identical(name):
     d0 = inet.by_name["dense0"]
     v = y_in @ d0.weight.astype(np.int64).T + d0.bias.astype(np.int64)
     c = inet.codes["relu_k6"]
-    expect = simulate_fs(v, c.T.astype(np.int64), c.h.astype(np.int64), c.d.astype(np.int64), c.rule, record_spikes=True)
+    T, h, d = (table.astype(np.int64) for table in (c.T, c.h, c.d))
+    expect = simulate_fs(v, T, h, d, c.rule, record_spikes=True)
     assert np.array_equal(np.moveaxis(expect.spikes, 0, 1), fast.spike_trains["fs0"])
 
 
@@ -84,7 +86,8 @@ def test_integer_profile_overflow_names_node_and_bits():
     net, x = conformance.scenario("mlp_relu_ge", samples=4)
     inet = _integer_version(net)
     profile = NumericProfile(name="tiny", dtype="int64", membrane_bits=8, input_scale=64)
-    with pytest.raises(ValidationError, match=r"membrane: overflow in profile 'tiny': value -?\d+ outside the 8-bit range \[-128, 127\]"):
+    overflow = r"membrane: overflow in profile 'tiny': value -?\d+ outside the 8-bit range \[-128, 127\]"
+    with pytest.raises(ValidationError, match=overflow):
         run_reference(inet, x, "fast", profile)
 
 
@@ -114,7 +117,8 @@ def test_batching_does_not_change_results():
 
 def test_input_shape_and_values_are_checked():
     net, x = conformance.scenario("conv", samples=2)
-    with pytest.raises(ValidationError, match=r"input 'x': shape: expects samples of shape \(1, 6, 6\), got \(1, 5, 5\)"):
+    wrong_shape = r"input 'x': shape: expects samples of shape \(1, 6, 6\), got \(1, 5, 5\)"
+    with pytest.raises(ValidationError, match=wrong_shape):
         run_reference(net, np.zeros((2, 1, 5, 5)))
     x[0, 0, 0, 0] = np.nan
     with pytest.raises(ValidationError, match="1 non-finite values"):

@@ -59,9 +59,11 @@ def test_architecture(name):
     acts = [m for m in model.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.SiLU, torch.nn.Sigmoid))]
     assert len({id(m) for m in acts}) == len(acts)
     assert sum(1 for n in gm.graph.nodes if n.op == "call_module"
-               and isinstance(gm.get_submodule(n.target), (torch.nn.ReLU, torch.nn.SiLU, torch.nn.Sigmoid))) == len(acts)
+               and isinstance(gm.get_submodule(n.target), (torch.nn.ReLU, torch.nn.SiLU, torch.nn.Sigmoid))
+               ) == len(acts)
 
 
+@pytest.mark.slow  # runs every zoo model on 2000 test images
 @pytest.mark.parametrize("name", ZOO)
 def test_trained_model(name, test2000):
     meta = metadata(name)

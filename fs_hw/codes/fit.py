@@ -38,8 +38,8 @@ those numbers. Fitting is deterministic given ``seed`` (use one torch thread).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from collections.abc import Callable
+from functools import cache
 from importlib import resources
-from typing import Callable
 
 import numpy as np
 
@@ -51,7 +51,7 @@ def _read_json(name: str) -> dict:
     return json.loads(text)
 
 
-@lru_cache(maxsize=None)
+@cache
 def published_codes() -> dict[str, FSCode]:
     """Stöckl & Maass 2021's published swish and sigmoid tables (strict rule ``>``)."""
     data = _read_json("stoeckl2021_fs_tables.json")["codes"]
@@ -72,7 +72,7 @@ def published_codes() -> dict[str, FSCode]:
     return codes
 
 
-@lru_cache(maxsize=None)
+@cache
 def shipped_codes() -> dict[str, FSCode]:
     """Codes fitted by fs-hw (``fs_hw/codes/data/fitted.json``), by name."""
     try:

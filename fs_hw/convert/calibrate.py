@@ -84,7 +84,8 @@ class AlphaPolicy:
                         pass
         raise ValidationError(
             "from_torch", where,
-            f"unknown policy {spec!r}; use 'percentile:<p>' (e.g. 'percentile:99.99'), 'max', or a number (fixed alpha)",
+            f"unknown policy {spec!r}; use 'percentile:<p>' (e.g. 'percentile:99.99'), 'max', "
+            "or a number (fixed alpha)",
         )
 
     @classmethod

@@ -158,7 +158,8 @@ def from_torch(
 
     # 4: one K, and the codes of non-ReLU activations
     K = _choose_K(K, acts, graph, codes)
-    fitted = {fn: _select_code(fn, K, acts, graph, codes) for fn in sorted({op.attrs["function"] for op in acts}) if fn != "relu"}
+    functions = sorted({op.attrs["function"] for op in acts})
+    fitted = {fn: _select_code(fn, K, acts, graph, codes) for fn in functions if fn != "relu"}
 
     # 5: calibration
     relu_ops = {op.name for op in acts if op.attrs["function"] == "relu"}
@@ -172,7 +173,8 @@ def from_torch(
         stats, data_range, n_calib = cal.collect(graph, calibration_data, ranges, relu_ops, batch_size)
     elif needs_data or (input_code is not None and input_range is None):
         raise ValidationError("from_torch", "calibration_data",
-                              "is required (for the alpha policy and the input range); or pass a fixed alpha and input_range")
+                              "is required (for the alpha policy and the input range); "
+                              "or pass a fixed alpha and input_range")
 
     # input code
     lo, hi = _input_range(input_range, data_range, input_code)
@@ -367,7 +369,8 @@ def _input_range(given: Any, data_range: tuple[float, float] | None, mode: str |
         raise ValidationError("from_torch", "input_range", f"needs finite lo < hi, got ({lo}, {hi})")
     if mode == "truncate" and lo < 0:
         raise ValidationError("from_torch", "input_range",
-                              f"starts at {lo:g} < 0: the truncating input code covers [0, alpha); use input_code='round'")
+                              f"starts at {lo:g} < 0: the truncating input code covers [0, alpha); "
+                              "use input_code='round'")
     return lo, hi
 
 

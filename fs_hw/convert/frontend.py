@@ -287,7 +287,7 @@ def trace(model: Any, example_input: Any) -> TorchGraph:
         name = "ExportedProgram"
         try:
             gm = model.module()
-        except Exception as exc:  # noqa: BLE001 - torch raises many types here
+        except Exception as exc:
             raise UnsupportedError(f"cannot unlift the exported program: {type(exc).__name__}: {exc}") from None
         if example_input is None:
             example_input = _example_from_export(model)
@@ -303,7 +303,7 @@ def trace(model: Any, example_input: Any) -> TorchGraph:
             )
         try:
             gm = torch.fx.symbolic_trace(model)
-        except Exception as exc:  # noqa: BLE001 - tracing user code raises anything
+        except Exception as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UnsupportedError(
                 f"model {name}: torch.fx cannot trace it ({type(exc).__name__}: {msg}). The converter needs a "
@@ -311,7 +311,8 @@ def trace(model: Any, example_input: Any) -> TorchGraph:
                 "with torch.export.export and convert the ExportedProgram"
             ) from None
     else:
-        raise ValidationError("from_torch", "model", f"must be a torch.nn.Module or ExportedProgram, got {type(model).__name__}")
+        raise ValidationError("from_torch", "model",
+                              f"must be a torch.nn.Module or ExportedProgram, got {type(model).__name__}")
 
     example = _as_tensor(example_input, "example_input")
     dtype = _model_dtype(gm)
@@ -320,7 +321,7 @@ def trace(model: Any, example_input: Any) -> TorchGraph:
     try:
         with torch.no_grad():
             recorder.run(example)
-    except Exception as exc:  # noqa: BLE001 - the model's own forward failed
+    except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ValidationError(
             f"model {name}", "example_input",
@@ -480,7 +481,8 @@ class _Builder:
         return " and ".join(dict.fromkeys(names)) or "the input"
 
     def _where(self, node: Any) -> str:
-        return f"{self._describe(node)[1]} (node {self.position.get(node, 0)} of {self.n_nodes}, after {self._after(node)})"
+        where = f"node {self.position.get(node, 0)} of {self.n_nodes}, after {self._after(node)}"
+        return f"{self._describe(node)[1]} ({where})"
 
     def refuse(self, node: Any, problem: str, instead: str | None = None) -> UnsupportedError:
         if instead is None:
@@ -654,7 +656,8 @@ class _Builder:
         if self.is_dynamic(weight) or self.is_dynamic(bias):
             raise self.refuse(node, "convolves with a kernel computed from the input")
         if padding_mode != "zeros":
-            raise self.refuse(node, f"padding_mode={padding_mode!r} is not supported", "Conv2d with padding_mode='zeros'")
+            raise self.refuse(node, f"padding_mode={padding_mode!r} is not supported",
+                              "Conv2d with padding_mode='zeros'")
         w = _np(self.constant(weight))
         if w.ndim != 4:
             raise self.refuse(node, f"has a {w.ndim - 2}-D kernel", "Conv2d")
@@ -732,8 +735,9 @@ class _Builder:
                 if k == 1.0:
                     self.add_op(node, "add", [a, b])
                     return
+                what = f"the {'subtracted' if kind == 'sub' else 'scaled'} operand"
                 scaled = self.add_op(node, "affine", [b], {"scale": np.array(k), "shift": np.array(0.0),
-                                                           "what": f"the {'subtracted' if kind == 'sub' else 'scaled'} operand"},
+                                                           "what": what},
                                      name_suffix=".neg", shape=self.shape(b))
                 self.add_op(node, "add", [a, scaled.name])
                 return
@@ -1029,7 +1033,8 @@ def _build_tables() -> tuple[dict, dict, dict, dict]:
         "mm": f_matmul, "matmul": f_matmul,
         "batch_norm": a_bn, "_native_batch_norm_legit_no_training": a_bn_legit,
         "relu": f_act("relu"), "relu_": f_act("relu"), "relu6": f_act("relu", clip=6.0),
-        "hardtanh": f_hardtanh, "hardtanh_": f_hardtanh, "clamp": f_clamp, "clamp_min": lambda b, n, x, m: b.clamp(n, x, m, None),
+        "hardtanh": f_hardtanh, "hardtanh_": f_hardtanh, "clamp": f_clamp,
+        "clamp_min": lambda b, n, x, m: b.clamp(n, x, m, None),
         "silu": f_act("swish"), "silu_": f_act("swish"), "sigmoid": f_act("sigmoid"), "tanh": f_act("tanh"),
         "gelu": f_gelu,
         "add": f_binary("add"), "add_": f_binary("add"), "sub": f_binary("sub"), "sub_": f_binary("sub"),

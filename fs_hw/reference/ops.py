@@ -14,6 +14,7 @@ from fs_hw.errors import MissingDependencyError
 from fs_hw.ir.nodes import Add, AvgPool2d, Conv2d, Dense, Flatten, Node
 
 LIBRARIES = ("numpy", "torch")
+FLOAT64_DTYPE = np.dtype(np.float64)
 
 
 def _torch():
@@ -27,7 +28,7 @@ def _torch():
 
 
 def apply_linear(node: Node, values: list[np.ndarray], bias: bool, library: str = "numpy",
-                 dtype: np.dtype = np.dtype(np.float64)) -> np.ndarray:
+                 dtype: np.dtype = FLOAT64_DTYPE) -> np.ndarray:
     if isinstance(node, Add):
         out = values[0].copy()
         for v in values[1:]:

@@ -31,7 +31,7 @@ last bits; spikes are compared exactly by the tests.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -180,7 +180,8 @@ def load(name: str, weights_dir: Path | None = None):
     model = build(name)
     npz, _ = weights_paths(name, weights_dir)
     if not npz.is_file():
-        raise MissingDependencyError(f"zoo weights {npz} are missing; train them with: python scripts/train_zoo.py {name}")
+        raise MissingDependencyError(
+            f"zoo weights {npz} are missing; train them with: python scripts/train_zoo.py {name}")
     try:
         with np.load(npz, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -190,7 +191,8 @@ def load(name: str, weights_dir: Path | None = None):
     missing = sorted(set(expected) - set(arrays))
     extra = sorted(set(arrays) - set(expected))
     if missing or extra:
-        raise FormatError(f"{npz}: state_dict keys differ from model {name!r}: missing {missing[:5]}, unexpected {extra[:5]}")
+        raise FormatError(
+            f"{npz}: state_dict keys differ from model {name!r}: missing {missing[:5]}, unexpected {extra[:5]}")
     state = {}
     for k, t in expected.items():
         a = arrays[k]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 from fs_hw.errors import ValidationError
 
@@ -44,7 +45,7 @@ class LoihiConfig:
     seed: int = 0
 
     @classmethod
-    def from_mapping(cls, config: Mapping[str, Any] | None) -> "LoihiConfig":
+    def from_mapping(cls, config: Mapping[str, Any] | None) -> LoihiConfig:
         where = "loihi config"
         known = {f.name: f for f in fields(cls)}
         values: dict[str, Any] = {}

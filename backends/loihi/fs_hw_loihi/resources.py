@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fs_hw_loihi.program import MAX_SYNAPSE_FORMATS
 from nengo_loihi.block import MAX_COMPARTMENTS, MAX_IN_AXONS, MAX_OUT_AXONS, MAX_SYNAPSE_BITS
 
 from fs_hw.errors import ResourceError
-from fs_hw_loihi.program import MAX_SYNAPSE_FORMATS
 
 if TYPE_CHECKING:
     from fs_hw_loihi.program import Program
@@ -41,7 +41,7 @@ LIMITS = {
 }
 
 
-def check_program(program: "Program") -> dict[str, int]:
+def check_program(program: Program) -> dict[str, int]:
     """Check every core and the board; fill ``program.resources``.
 
     Returns layers to re-partition with fewer neurons per core (empty when all fits);
@@ -83,7 +83,7 @@ def check_program(program: "Program") -> dict[str, int]:
     return {}
 
 
-def _nengo_checks(program: "Program") -> None:
+def _nengo_checks(program: Program) -> None:
     from nengo_loihi.builder.validate import validate_model
     from nengo_loihi.hardware.allocators import Greedy
     from nengo_loihi.hardware.validate import validate_board
@@ -98,7 +98,7 @@ def _nengo_checks(program: "Program") -> None:
     program.board_chips = board.n_chips
 
 
-def summarize(program: "Program", cores_by_layer: dict[str, int]) -> dict:
+def summarize(program: Program, cores_by_layer: dict[str, int]) -> dict:
     """Resource figures for the artifact and the report."""
     blocks = list(program.model.blocks)
     uses = [_block_use(b) for b in blocks]
@@ -165,7 +165,7 @@ def summarize(program: "Program", cores_by_layer: dict[str, int]) -> dict:
     }
 
 
-def program_maps(program: "Program"):
+def program_maps(program: Program):
     from fs_hw_loihi.maps import receiver_inputs
 
     cache = getattr(program, "_maps", None)

@@ -1,8 +1,9 @@
 """Networks shared by the Loihi tests."""
 
 import numpy as np
-from fs_hw.ir import Add, Dense, FSActivation, Input, Network, Readout
+
 from fs_hw.codes import relu_code
+from fs_hw.ir import Add, Dense, FSActivation, Input, Network, Readout
 
 EMULATOR = {"emulator": True}
 

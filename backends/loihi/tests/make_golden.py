@@ -15,11 +15,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from fs_hw_loihi.backend import LoihiBackend
 
 from fs_hw import conformance
 from fs_hw.reference.simulator import run_reference
-
-from fs_hw_loihi.backend import LoihiBackend
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 CASES = {"mlp": ("mlp_relu_ge", 6, 3), "conv": ("conv", 6, 3), "residual": ("residual", 6, 3)}

@@ -2,11 +2,11 @@ import pytest
 
 pytest.importorskip("nengo_loihi")
 
-from fs_hw import conformance  # noqa: E402
-from fs_hw.errors import ValidationError  # noqa: E402
+from fs_hw_loihi.backend import LoihiBackend
+from fs_hw_loihi.config import LoihiConfig
 
-from fs_hw_loihi.backend import LoihiBackend  # noqa: E402
-from fs_hw_loihi.config import LoihiConfig  # noqa: E402
+from fs_hw import conformance
+from fs_hw.errors import ValidationError
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,9 @@ import pytest
 
 pytest.importorskip("nengo_loihi")
 
-from fs_hw import conformance  # noqa: E402
+from fs_hw_loihi.backend import LoihiBackend
 
-from fs_hw_loihi.backend import LoihiBackend  # noqa: E402
+from fs_hw import conformance
 
 
 @pytest.mark.parametrize("scenario", conformance.SCENARIOS)

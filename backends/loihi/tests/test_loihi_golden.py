@@ -10,10 +10,10 @@ import pytest
 
 pytest.importorskip("nengo_loihi")
 
-from fs_hw.reference.simulator import run_reference  # noqa: E402
+from fs_hw_loihi.backend import LoihiBackend
+from make_golden import CASES, golden_case
 
-from fs_hw_loihi.backend import LoihiBackend  # noqa: E402
-from make_golden import CASES, golden_case  # noqa: E402
+from fs_hw.reference.simulator import run_reference
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 

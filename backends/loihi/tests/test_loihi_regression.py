@@ -5,13 +5,13 @@ import pytest
 
 pytest.importorskip("nengo_loihi")
 
-from fs_hw import conformance  # noqa: E402
-from fs_hw.backend import Backend  # noqa: E402
-from fs_hw.reference.simulator import run_reference  # noqa: E402
+from fs_hw_loihi.backend import LoihiBackend
+from fs_hw_loihi.profile import loihi_profile
+from loihi_nets import skip_network
 
-from loihi_nets import skip_network  # noqa: E402
-from fs_hw_loihi.backend import LoihiBackend  # noqa: E402
-from fs_hw_loihi.profile import loihi_profile  # noqa: E402
+from fs_hw import conformance
+from fs_hw.backend import Backend
+from fs_hw.reference.simulator import run_reference
 
 
 def _check(net, x, config=None):

@@ -5,12 +5,12 @@ import pytest
 
 pytest.importorskip("nengo_loihi")
 
-from fs_hw import conformance  # noqa: E402
-from fs_hw.codes import relu_code  # noqa: E402
-from fs_hw.errors import ResourceError  # noqa: E402
-from fs_hw.ir import Conv2d, Dense, Flatten, FSActivation, Input, Network, Readout  # noqa: E402
+from fs_hw_loihi.backend import LoihiBackend
 
-from fs_hw_loihi.backend import LoihiBackend  # noqa: E402
+from fs_hw import conformance
+from fs_hw.codes import relu_code
+from fs_hw.errors import ResourceError
+from fs_hw.ir import Conv2d, Dense, Flatten, FSActivation, Input, Network, Readout
 
 
 def _mlp(n_in, n_hidden, K=8, seed=0):

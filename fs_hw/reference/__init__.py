@@ -1,0 +1,1 @@
+"""The numpy reference backend: the semantics every other backend reproduces."""
