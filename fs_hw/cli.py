@@ -1,31 +1,51 @@
 """`fs-deploy`: lower an FS network to a target, run it, check it against the reference.
 
 Exit status: 0 when the target's spikes equal the reference's, 1 when they differ,
-2 on bad input (the error is printed as one line, without a traceback).
+2 on bad input (the error is printed as one line, without a traceback), 3 on an internal
+error (a bug: one line asking to report it), 130 on Ctrl-C.
+
+Output files (``--report``, the ``--out`` folder's files) are written atomically through
+:mod:`fs_hw.outputs`: their destinations are checked and locked before the run starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
+import stat
 import sys
 import time
 import tomllib
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from fs_hw.backend import FLOAT64, available_targets, get_backend, KNOWN_TARGETS
+from fs_hw.backend import FLOAT64, KNOWN_TARGETS, available_targets, get_backend
 from fs_hw.conformance import compare_runs
-from fs_hw.errors import FormatError, FSHWError, ValidationError, run_command
+from fs_hw.errors import CommandParser, FormatError, ValidationError, run_command
 from fs_hw.ir.io import load_network
 from fs_hw.ir.network import Network
+from fs_hw.outputs import (
+    DestinationLock,
+    atomic_output,
+    atomic_write_text,
+    check_report_destination,
+    read_regular_file,
+)
 from fs_hw.reference.simulator import concat_results, run_reference
 
 REPORT_MARKER = "fs_deploy_report"
 TOP_LEVEL_KEYS = {"samples": int, "target": dict}
+#: A deploy config is a few lines of TOML; anything bigger is not one (and must not fill memory).
+CONFIG_READ_LIMIT = 1 << 20
+#: Samples per call of the target's run when the config sets no [target] batch_size.
+DEFAULT_BATCH_SIZE = 100
 
 
 def _example_path(name: str) -> Path:
@@ -37,7 +57,13 @@ def resolve_network(arg: str | None) -> tuple[Path, bool]:
     if arg is None:
         return _example_path("fashion_mlp.fsnet"), True
     path = Path(arg)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.fsnet"))[:3]
+        hint = f" (it holds {', '.join(inside)})" if inside else ""
+        raise FormatError(f"{path}: is a folder, not a network file; give the .fsnet file itself{hint}")
     if path.exists():
+        if not path.is_file():
+            raise FormatError(f"{path}: is not a regular file (a device or a pipe?); give a .fsnet file")
         return path, False
     from fs_hw.zoo.models import ZOO
 
@@ -52,7 +78,9 @@ def resolve_network(arg: str | None) -> tuple[Path, bool]:
     raise FormatError(f"{arg}: no such network file, and not a zoo name (zoo: {', '.join(ZOO)})")
 
 
-def load_inputs(path: Path | None, network: Network, bundled: bool = False) -> tuple[np.ndarray, np.ndarray | None, str]:
+def load_inputs(
+    path: Path | None, network: Network, bundled: bool = False
+) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Inputs (and labels when known): an npz file (no pickles), the bundled set, or the
     test split of the data set the network's metadata names."""
     if path is None:
@@ -63,25 +91,29 @@ def load_inputs(path: Path | None, network: Network, bundled: bool = False) -> t
             from fs_hw.data import DATASETS, load_dataset
 
             if dataset not in DATASETS:
-                raise ValidationError("fs-deploy", "--inputs", f"network data set {dataset!r} is not one fs-hw loads; pass --inputs FILE.npz")
+                raise ValidationError("fs-deploy", "--inputs",
+                                      f"network data set {dataset!r} is not one fs-hw loads; "
+                                      "pass --inputs FILE.npz")
             images, labels = load_dataset(dataset, "test")
             return images.astype(np.float64), labels, f"{dataset} test split"
         else:
-            raise ValidationError("fs-deploy", "--inputs", "this network has no bundled inputs; pass --inputs FILE.npz")
-    if not Path(path).is_file():
-        raise FormatError(f"{path}: no such inputs file")
+            raise ValidationError("fs-deploy", "--inputs",
+                                  "this network has no bundled inputs; pass --inputs FILE.npz")
+    path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if "images" not in data:
-                raise FormatError(f"{path}: needs an array 'images' (and optionally 'labels', 'scale'); has {sorted(data)}")
-            images = data["images"].astype(np.float64)
-            if "scale" in data:
-                images = images * float(data["scale"])
-            labels = data["labels"].astype(np.int64) if "labels" in data else None
-    except FSHWError:
-        raise
-    except (ValueError, OSError, KeyError, EOFError) as exc:
-        raise FormatError(f"{path}: not a readable npz inputs file ({exc})") from None
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such inputs file") from None
+    if stat.S_ISDIR(mode):
+        raise FormatError(f"{path}: is a folder; --inputs needs an npz file (arrays 'images', "
+                          "optional 'labels')")
+    if not stat.S_ISREG(mode):
+        raise FormatError(f"{path}: is not a regular file (a device or a pipe?); --inputs needs an npz file")
+    # The npz reader that bounds memory and refuses pickles, odd shapes and encrypted or
+    # oversized members; it applies 'scale' and raises FormatError naming the file.
+    from fs_hw.safe_archive import load_inputs_file
+
+    images, labels = load_inputs_file(path)
     if labels is not None and len(labels) != len(images):
         raise FormatError(f"{path}: {len(images)} images but {len(labels)} labels")
     return images, labels, str(path)
@@ -93,17 +125,23 @@ def load_config(path: Path | None, target: str) -> dict[str, Any]:
         if not default.is_file():
             return {}
         path = default
+    # A regular file, read with a bound: /dev/zero or a FIFO given as --config is refused by type.
+    raw = read_regular_file(path, "config file (TOML)", CONFIG_READ_LIMIT)
     try:
-        config = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FormatError(f"{path}: no such config file") from None
+        config = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise FormatError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise FormatError(f"{path}: not valid TOML (nested too deeply)") from None
     for key, value in config.items():
         if key not in TOP_LEVEL_KEYS:
             raise ValidationError(f"config {path}", key, f"unknown key; known: {sorted(TOP_LEVEL_KEYS)}")
         if not isinstance(value, TOP_LEVEL_KEYS[key]) or isinstance(value, bool):
-            raise ValidationError(f"config {path}", key, f"must be {TOP_LEVEL_KEYS[key].__name__}, got {value!r}")
+            raise ValidationError(f"config {path}", key,
+                                  f"must be {TOP_LEVEL_KEYS[key].__name__}, got {value!r}")
+    if "samples" in config and config["samples"] < 1:
+        raise ValidationError(f"config {path}", "samples", f"must be >= 1, got {config['samples']} "
+                              "(leave it out to run every input)")
     config["_path"] = str(path)
     return config
 
@@ -138,21 +176,98 @@ def _run_chunked(run, inputs: np.ndarray, chunk: int, label: str):
     return concat_results(parts)
 
 
-def _safe_write_report(path: Path, report: dict) -> None:
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-            ours = isinstance(old, dict) and old.get(REPORT_MARKER) is True
-        except (ValueError, UnicodeDecodeError, OSError):
-            ours = False
-        if not ours:
-            raise FormatError(f"{path}: exists and is not an fs-deploy report; refusing to overwrite it")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
+def _target_batch_size(target_config: dict[str, Any], config: dict[str, Any]) -> int:
+    """The [target] batch_size, checked for every target before anything runs (fs-deploy
+    itself feeds the target chunks of this size, so 0 would loop on nothing)."""
+    value = target_config.get("batch_size", DEFAULT_BATCH_SIZE)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        where = f"config {config['_path']}" if "_path" in config else "target config"
+        raise ValidationError(where, "[target] batch_size", f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_destinations(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """Refuse a bad --out or --report before the run (not after minutes of it)."""
+    out = Path(args.out) if args.out else None
+    report = Path(args.report) if args.report else None
+    if out is not None and out.exists():
+        if not out.is_dir():
+            raise FormatError(f"{out}: exists and is not a folder; --out needs a folder (absent or empty)")
+        if any(out.iterdir()) and not args.force:
+            raise FormatError(f"{out}: exists and is not empty; pass --force to write into it")
+    if report is not None:
+        check_report_destination(report, REPORT_MARKER)
+        if out is not None and _real(report) == _real(out):
+            raise ValidationError("fs-deploy", "--report",
+                                  f"{report} is also the --out folder; give a file path")
+    return out, report
+
+
+def _real(path: Path) -> Path:
+    """``path`` with its folder's symlinks resolved (a lock must be one per real place)."""
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
+def _lock_destinations(stack: contextlib.ExitStack, out: Path | None, report: Path | None) -> None:
+    # The --out folder is written into, so it is locked where it really is; the report is
+    # never a symlink (check_report_destination refuses one).
+    if out is not None:
+        stack.enter_context(DestinationLock(Path(os.path.realpath(out))))
+    if report is not None:
+        stack.enter_context(DestinationLock(_real(report)))
+
+
+def _json_safe(value: Any, where: str, notes: list[str]) -> Any:
+    """``value`` as strict JSON: numpy scalars and arrays as numbers and lists, and NaN or
+    infinity (JSON has neither) as null with a note saying where. TypeError if not JSON."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    elif isinstance(value, np.ndarray):
+        value = value.tolist()
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        notes.append(f"report: {where} was {value}, written as null (JSON has no NaN or infinity)")
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v, f"{where}.{k}", notes) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v, f"{where}[{i}]", notes) for i, v in enumerate(value)]
+    raise TypeError(f"{where}: {type(value).__name__} is not JSON")
+
+
+def _layer_stats(result, notes: list[str]) -> dict[str, dict[str, Any]]:
+    layers: dict[str, dict[str, Any]] = {}
+    for name, neurons in result.neurons.items():
+        if neurons == 0:  # spikes per neuron of no neurons is undefined, not a division by zero
+            notes.append(f"layer {name!r} has no neurons; its spikes_per_neuron is null")
+            spn = None
+        else:
+            spn = float(result.spike_counts[name].mean() / neurons)
+        layers[name] = {"neurons": int(neurons), "spikes_per_neuron": spn}
+    return layers
+
+
+def _report_text(report: dict) -> str:
+    notes: list[str] = []
+    info = {}
+    for key, value in report["info"].items():
+        with contextlib.suppress(TypeError):  # backend facts that are not JSON are left out
+            info[key] = _json_safe(value, f"info.{key}", notes)
+    clean = _json_safe({k: v for k, v in report.items() if k != "info"}, "report", notes)
+    clean["info"] = info
+    clean["notes"] = [*clean["notes"], *notes]
+    return json.dumps(clean, indent=2, allow_nan=False) + "\n"
 
 
 def deploy(args: argparse.Namespace) -> int:
+    # --samples 0 is a mistake, not "all": argparse leaves None when it is not given.
+    if args.samples is not None and args.samples < 1:
+        raise ValidationError("fs-deploy", "--samples", f"must be >= 1, got {args.samples} "
+                              "(leave --samples out to run every input)")
+    _check_destinations(args)
     network_path, bundled = resolve_network(args.network)
     network = load_network(network_path)
     config = load_config(Path(args.config) if args.config else None, args.target)
@@ -160,22 +275,37 @@ def deploy(args: argparse.Namespace) -> int:
     target_config = dict(config.get("target", {}))
     if args.emulator:
         target_config["emulator"] = True
+    chunk = _target_batch_size(target_config, config)
     images, labels, inputs_name = load_inputs(Path(args.inputs) if args.inputs else None, network, bundled)
     # --samples is a request that must be met; the config's samples is an upper bound.
-    samples = args.samples or min(config.get("samples") or len(images), len(images))
+    if args.samples is not None:
+        samples = args.samples
+    else:
+        samples = min(config.get("samples", len(images)), len(images))
     if samples < 1:
-        raise ValidationError("fs-deploy", "--samples", f"must be >= 1, got {samples}")
+        raise ValidationError("fs-deploy", "--inputs", f"{inputs_name} holds no samples")
     if samples > len(images):
         raise ValidationError("fs-deploy", "--samples", f"{samples} requested, the inputs hold {len(images)}")
     images = images[:samples]
     labels = None if labels is None else labels[:samples]
 
+    with contextlib.ExitStack() as stack:
+        out, report_path = _check_destinations(args)
+        _lock_destinations(stack, out, report_path)
+        # again under the locks: a run that finished meanwhile may have filled --out
+        out, report_path = _check_destinations(args)
+        return _run_and_write(args, backend, network, network_path, target_config, chunk,
+                              images, labels, inputs_name, out, report_path)
+
+
+def _run_and_write(args, backend, network, network_path, target_config, chunk, images, labels,
+                   inputs_name, out: Path | None, report_path: Path | None) -> int:
+    samples = len(images)
     t0 = time.perf_counter()
     artifact = backend.lower(network, target_config)
     t_lower = time.perf_counter() - t0
-    chunk = int(target_config.get("batch_size", 100))
     t0 = time.perf_counter()
-    result = _run_chunked(lambda x: backend.run(artifact, x, record_spikes=True), images, chunk, f"{backend.name}")
+    result = _run_chunked(lambda x: backend.run(artifact, x, record_spikes=True), images, chunk, backend.name)
     t_run = time.perf_counter() - t0
     # What the target should compute: the reference on the artifact's network and
     # profile. For the reference target itself this is the fast mode checking the
@@ -194,6 +324,7 @@ def deploy(args: argparse.Namespace) -> int:
         return None if labels is None else float(np.mean(r.predictions == labels))
 
     input_name = network.input.name
+    notes = list(artifact.notes)
     report = {
         REPORT_MARKER: True,
         "target": backend.name,
@@ -211,30 +342,25 @@ def deploy(args: argparse.Namespace) -> int:
         "spikes_per_neuron": result.spikes_per_neuron(input_name=input_name),
         "spikes_per_neuron_with_input": result.spikes_per_neuron(include_input=True),
         "spikes_per_sample": float(sum(c.sum() for c in result.spike_counts.values()) / samples),
-        "layers": {
-            name: {"neurons": result.neurons[name],
-                   "spikes_per_neuron": float(result.spike_counts[name].mean() / result.neurons[name])}
-            for name in result.neurons
-        },
+        "layers": _layer_stats(result, notes),
         "time_steps": int(result.time_steps),
         "K": network.K,
         "profile": artifact.profile.name,
         "resources": artifact.resources,
-        "notes": artifact.notes,
-        "info": {k: v for k, v in result.info.items() if _jsonable(v)},
+        "notes": notes,
+        "info": result.info,
         "seconds": {"lower": round(t_lower, 3), "run": round(t_run, 3)},
     }
-    if args.out:
-        out = Path(args.out)
-        if out.exists() and any(out.iterdir()) and not args.force:
-            raise FormatError(f"{out}: exists and is not empty; pass --force to write into it")
+    if out is not None:
         report["exported"] = [str(p) for p in backend.export(artifact, out)]
         plot = _plot_layers(report, result, out / "spikes_per_layer.png")
         if plot is not None:
             report["exported"].append(str(plot))
-    if args.report:
-        _safe_write_report(Path(args.report), report)
-    _print_summary(report)
+    text = _report_text(report)
+    if report_path is not None:
+        check_report_destination(report_path, REPORT_MARKER)  # still absent or ours
+        atomic_write_text(report_path, text)
+    _print_summary(json.loads(text))
     return 0 if comparison.exact else 1
 
 
@@ -250,7 +376,7 @@ def _plot_layers(report: dict, result, path: Path) -> Path | None:
     layers = report["layers"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
     names = list(layers)
-    ax1.bar(range(len(names)), [layers[n]["spikes_per_neuron"] for n in names], color="tab:green")
+    ax1.bar(range(len(names)), [layers[n]["spikes_per_neuron"] or 0.0 for n in names], color="tab:green")
     ax1.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
     ax1.set_ylabel("spikes per neuron")
     ax1.set_title(f"{report['target']}: {report['samples']} samples, K={report['K']}")
@@ -263,17 +389,12 @@ def _plot_layers(report: dict, result, path: Path) -> Path | None:
         ax2.set_ylabel("spikes per sample")
         ax2.set_title("when neurons fire (all layers)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _jsonable(value: Any) -> bool:
     try:
-        json.dumps(value)
-        return True
-    except (TypeError, ValueError):
-        return False
+        with atomic_output(path) as fh:
+            fig.savefig(fh, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return path
 
 
 def _fmt(value: Any) -> str:
@@ -330,11 +451,13 @@ def list_targets() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="fs-deploy",
-        description="Lower an FS network to a target, run it, and check it spike for spike against the reference.",
+        description="Lower an FS network to a target, run it, and check it spike for spike against the "
+        "reference.",
     )
-    p.add_argument("network", nargs="?", help="a .fsnet file or a zoo name (default: the bundled Fashion-MNIST example)")
+    p.add_argument("network", nargs="?",
+                   help="a .fsnet file or a zoo name (default: the bundled Fashion-MNIST example)")
     p.add_argument("--target", help="target name (see --list-targets)")
     p.add_argument("--config", help="TOML settings (default: deploy_configs/<target>.toml if present)")
     p.add_argument("--samples", type=int, help="number of input samples to run")
@@ -356,7 +479,11 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command("fs-deploy", _main, build_parser().parse_args(argv))
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a usage error already printed as one line (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    return run_command("fs-deploy", _main, args)
 
 
 if __name__ == "__main__":

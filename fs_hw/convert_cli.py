@@ -3,19 +3,26 @@
     fs-convert resnet20 --out resnet20.fsnet --K 8 --alpha-policy percentile:99.99
     fs-convert my_model.pt2 --out my_model.fsnet --calibration 2000 --evaluate 1000
 
-MODEL is a zoo name (``fs_hw.zoo``) or a file written by ``torch.export.save`` (read
-with ``torch.export.load``; that format is not a pickle). Calibration samples are drawn
-from the data set's *train* split (seeded, without replacement); ``--evaluate N``
-measures ANN and FS accuracy on the first N *test* images and records them.
+MODEL is a zoo name (``fs_hw.zoo``) or a file written by ``torch.export.save``. Such a
+file is a zip archive that can hold pickles, compiled code and Python source, and
+``torch.export.load`` runs them, so by default fs-convert opens it through
+``fs_hw.convert.pt2.load_exported``: it refuses, before torch reads the file, any member
+that would be unpickled (other than plain tensors through torch's ``weights_only``
+unpickler) or executed, and keeps torch's unpicklers refusing while it loads (see
+docs/convert-safety.md). ``--trust-archive`` lifts this for a file you trust.
+
+Calibration samples are drawn from the data set's *train* split (seeded, without
+replacement); ``--evaluate N`` measures ANN and FS accuracy on the first N *test*
+images and records them.
 
 Exit status: 0 on success, 2 on bad input (printed as one line ``fs-convert: error:
-...``, without a traceback).
+...``, without a traceback), 3 on an internal error (a bug: one line, report it), 130 on
+Ctrl-C, 143 on SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 import zipfile
@@ -26,20 +33,22 @@ from typing import Any
 import numpy as np
 
 from fs_hw.data import load_dataset
-from fs_hw.errors import FormatError, FSHWError, MissingDependencyError, ValidationError, run_command
+from fs_hw.errors import (
+    CommandParser,
+    FormatError,
+    FSHWError,
+    MissingDependencyError,
+    ValidationError,
+    run_command,
+)
 
 DEFAULT_CALIBRATION = 2000
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, like every other error
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from fs_hw.convert.calibrate import DEFAULT_ALPHA_POLICY
 
-    p = _Parser(prog="fs-convert", description=(
+    p = CommandParser(prog="fs-convert", description=(
         "Convert a trained PyTorch network (a zoo name, or a file saved with torch.export.save) into an FS "
         "network file (.fsnet) for fs-deploy. See docs/convert.md."))
     p.add_argument("model", metavar="MODEL", help="zoo model name, or a torch.export file (.pt2)")
@@ -60,13 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure ANN and FS accuracy on the first N test images and record them")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration sample (default 0)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.add_argument("--trust-archive", action="store_true",
+                   help="load a .pt2 MODEL with plain torch.export.load, without the safety checks: the file "
+                   "can then RUN ARBITRARY CODE (pickles, compiled code); only for files you made or trust")
     return p
 
 
-def load_model(spec: str) -> tuple[Any, str, dict]:
-    """The model, its display name, and metadata known about it."""
+def load_model(spec: str, trust_archive: bool = False) -> tuple[Any, str, dict]:
+    """The model, its display name, and metadata known about it.
+
+    A file is opened safely (no code from it runs) unless ``trust_archive``; see ``fs_hw.convert.pt2``.
+    """
     try:
-        import torch
+        import torch  # noqa: F401 - only whether torch is installed; the loaders import it themselves
     except ImportError:
         raise MissingDependencyError("fs-convert needs torch: pip install 'fs-hw[torch]' (torch==2.13.0)") from None
     from fs_hw.zoo import ZOO
@@ -75,18 +90,11 @@ def load_model(spec: str) -> tuple[Any, str, dict]:
 
     path = Path(spec)
     if path.is_file():
+        from fs_hw.convert.pt2 import load_exported
+
         if not zipfile.is_zipfile(path):
             raise FormatError(f"{path}: not a torch.export file (torch.export.save writes a zip archive)")
-        quiet = logging.getLogger("torch.export")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)  # torch logs a traceback before raising on a bad archive
-        try:
-            program = torch.export.load(path)
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise FormatError(f"{path}: not a torch.export file ({type(exc).__name__}: {msg})") from None
-        finally:
-            quiet.setLevel(level)
+        program = load_exported(path, trust=trust_archive)
         return program, path.name, {"source_file": str(path)}
     if spec in ZOO:
         model = zoo_load(spec)
@@ -100,7 +108,8 @@ def load_model(spec: str) -> tuple[Any, str, dict]:
         if "dataset" in info:
             meta["dataset"] = info["dataset"]
         return model, spec, meta
-    raise ValidationError("fs-convert", "MODEL", f"{spec!r} is neither a file nor a zoo model (known: {', '.join(ZOO)})")
+    raise ValidationError("fs-convert", "MODEL",
+                          f"{spec!r} is neither a file nor a zoo model (known: {', '.join(ZOO)})")
 
 
 def convert(args: argparse.Namespace) -> int:
@@ -119,7 +128,7 @@ def convert(args: argparse.Namespace) -> int:
         raise ValidationError("fs-convert", "--calibration", f"must be >= 1, got {args.calibration}")
     if args.evaluate < 0:
         raise ValidationError("fs-convert", "--evaluate", f"must be >= 0, got {args.evaluate}")
-    model, model_name, meta = load_model(args.model)
+    model, model_name, meta = load_model(args.model, getattr(args, "trust_archive", False))
     if meta.get("dataset", args.dataset) != args.dataset:
         print(f"fs-convert: note: {model_name} was trained on {meta['dataset']}, calibrating on {args.dataset}",
               file=sys.stderr)

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
+from fs_hw import conformance
 from fs_hw.cli import main
 from fs_hw.ir import save_network
-from fs_hw import conformance
 
 
 def test_reference_report_is_exact(tmp_path, capsys):

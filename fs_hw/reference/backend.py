@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -13,6 +13,7 @@ from fs_hw.errors import ValidationError
 from fs_hw.ir.io import save_network
 from fs_hw.ir.network import Network
 from fs_hw.ir.nodes import NODE_TYPES
+from fs_hw.outputs import atomic_write_json
 from fs_hw.reference.simulator import MODES, run_reference
 
 CONFIG_KEYS = {"mode": str, "library": str, "batch_size": int}
@@ -56,9 +57,10 @@ class ReferenceBackend:
         return result
 
     def export(self, artifact: Artifact, path: Path) -> list[Path]:
+        # Each file is written to a fresh temporary and renamed into place (save_network does
+        # that itself), so an interrupted export never leaves a half-written file.
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         net = save_network(artifact.network, path / "network.fsnet", overwrite=True)
-        meta = path / "reference.json"
-        meta.write_text(json.dumps({"target": self.name, "options": artifact.payload}, indent=1))
+        meta = atomic_write_json(path / "reference.json", {"target": self.name, "options": artifact.payload})
         return [net, meta]

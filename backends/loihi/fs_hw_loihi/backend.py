@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -12,8 +12,8 @@ from fs_hw.backend import Artifact, Capabilities, RunResult
 from fs_hw.errors import ValidationError
 from fs_hw.ir import NODE_TYPES, Network
 from fs_hw.ir.io import save_network
+from fs_hw.outputs import atomic_write_json
 from fs_hw.reference.simulator import concat_results
-
 from fs_hw_loihi.config import LoihiConfig
 from fs_hw_loihi.profile import fit_profile
 from fs_hw_loihi.program import lower_network
@@ -53,7 +53,8 @@ class LoihiBackend:
                 "loihi config", "K", f"is {cfg.K} but the network's codes have K={network.K}"
             )
         if network.K > self.capabilities.max_K:
-            raise ValidationError("network", "K", f"{network.K} exceeds the Loihi target's max {self.capabilities.max_K}")
+            raise ValidationError("network", "K",
+                                  f"{network.K} exceeds the Loihi target's max {self.capabilities.max_K}")
         int_net, profile, notes, info = fit_profile(network, cfg)
         program = lower_network(int_net, cfg)
         runner = choose_runner(program)
@@ -101,8 +102,8 @@ class LoihiBackend:
                 "vth": int(block.compartment.vth[0]),
                 "weight_exponents": sorted({int(s.synapse_cfg.weight_exp) for s in block.synapses}),
             })
-        meta = path / "loihi.json"
-        meta.write_text(json.dumps({
+        # written to a fresh temporary and renamed into place (save_network does the same)
+        meta = atomic_write_json(path / "loihi.json", {
             "target": self.name,
             "config": program.config.to_dict(),
             "profile": {
@@ -113,5 +114,5 @@ class LoihiBackend:
             "resources": artifact.resources,
             "notes": artifact.notes,
             "cores": cores,
-        }, indent=1))
+        })
         return [net, meta]

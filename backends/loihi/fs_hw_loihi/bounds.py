@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from fs_hw_loihi.fixedpoint import Q_LIMIT, V_LIMIT, VTH_MAX, vth_round_up
-from fs_hw_loihi.maps import ReceiverInput, receiver_inputs
 
 from fs_hw.ir import FSActivation, Network, Readout
+from fs_hw_loihi.fixedpoint import Q_LIMIT, V_LIMIT, VTH_MAX, vth_round_up
+from fs_hw_loihi.maps import ReceiverInput, receiver_inputs
 
 
 @dataclass

@@ -31,14 +31,14 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from fs_hw_loihi.config import LoihiConfig
-from fs_hw_loihi.fixedpoint import quantize_mantissa, round_to_digits
 
 from fs_hw.backend import NumericProfile
 from fs_hw.errors import ResourceError, UnsupportedError, ValidationError
 from fs_hw.ir import Add, AvgPool2d, Conv2d, Dense, Flatten, FSActivation, Input, Network, Readout
 from fs_hw.ir.code import FSCode
 from fs_hw.ir.nodes import Node
+from fs_hw_loihi.config import LoihiConfig
+from fs_hw_loihi.fixedpoint import quantize_mantissa, round_to_digits
 
 MEMBRANE_BITS = 24
 SUPPORTED = (Input, Dense, Conv2d, AvgPool2d, Flatten, Add, FSActivation, Readout)

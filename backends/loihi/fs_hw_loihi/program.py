@@ -36,15 +36,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from fs_hw_loihi.bounds import LayerRange, layer_ranges
-from fs_hw_loihi.config import LoihiConfig
-from fs_hw_loihi.fixedpoint import (
-    constant_planes,
-    signed_digits,
-    synapse_exponent,
-    weight_planes,
-)
-from fs_hw_loihi.maps import ConvMap, ReceiverInput, receiver_inputs
 from nengo_loihi.block import (
     MAX_COMPARTMENTS,
     MAX_IN_AXONS,
@@ -59,6 +50,15 @@ from nengo_loihi.probe import LoihiProbe
 
 from fs_hw.errors import ResourceError, UnsupportedError
 from fs_hw.ir import FSActivation, Network, Readout
+from fs_hw_loihi.bounds import LayerRange, layer_ranges
+from fs_hw_loihi.config import LoihiConfig
+from fs_hw_loihi.fixedpoint import (
+    constant_planes,
+    signed_digits,
+    synapse_exponent,
+    weight_planes,
+)
+from fs_hw_loihi.maps import ConvMap, ReceiverInput, receiver_inputs
 
 MAX_SYNAPSE_FORMATS = 15  # 16 format slots per core, slot 0 unused by nengo-loihi
 MAX_ATOMS = 1024

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fs_hw_loihi.program import MAX_SYNAPSE_FORMATS
 from nengo_loihi.block import MAX_COMPARTMENTS, MAX_IN_AXONS, MAX_OUT_AXONS, MAX_SYNAPSE_BITS
 
 from fs_hw.errors import ResourceError
+from fs_hw_loihi.program import MAX_SYNAPSE_FORMATS
 
 if TYPE_CHECKING:
     from fs_hw_loihi.program import Program

@@ -7,13 +7,13 @@ import warnings
 from collections import defaultdict
 
 import numpy as np
-from fs_hw_loihi.program import Program
 from nengo_loihi.emulator import EmulatorInterface
 
 from fs_hw.backend import NumericProfile, RunResult
 from fs_hw.dynamics import simulate_fs
 from fs_hw.errors import FSHWError, MissingDependencyError
 from fs_hw.reference.simulator import prepare_inputs
+from fs_hw_loihi.program import Program
 
 
 class StrictEmulator(EmulatorInterface):

@@ -7,8 +7,8 @@ import pytest
 
 pytest.importorskip("nengo_loihi")
 
-from fs_hw.backend import available_targets  # noqa: E402
-from fs_hw.cli import main  # noqa: E402
+from fs_hw.backend import available_targets
+from fs_hw.cli import main
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -48,3 +48,23 @@ def test_fs_deploy_bad_config_key(tmp_path, capsys):
     rc = main(["--target", "loihi", "--config", str(cfg), "--samples", "1"])
     assert rc == 2
     assert "chipz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_fs_deploy_bad_batch_size_is_one_line(tmp_path, capsys, value):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[target]\nbatch_size = {value}\n")
+    assert main(["--target", "loihi", "--emulator", "--config", str(cfg), "--samples", "1"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "batch_size: must be a positive integer" in lines[0]
+
+
+def test_export_leaves_no_temporaries(tmp_path):
+    out = tmp_path / "out"
+    rc = main([str(EXAMPLES / "residual_cnn.fsnet"), "--target", "loihi", "--emulator",
+               "--inputs", str(EXAMPLES / "residual_cnn_inputs.npz"), "--samples", "2", "--out", str(out)])
+    assert rc == 0
+    exported = sorted(p.name for p in out.iterdir())
+    assert exported == ["loihi.json", "loihi_profile.fsnet", "spikes_per_layer.png"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the lock file is gone
+    json.loads((out / "loihi.json").read_text(), parse_constant=lambda name: pytest.fail(f"NaN-like {name}"))
