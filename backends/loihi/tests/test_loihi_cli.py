@@ -18,6 +18,7 @@ def test_entry_point_registered():
     assert "loihi" in available_targets()
 
 
+@pytest.mark.slow  # fs-deploy end to end on nengo-loihi's emulator
 def test_fs_deploy_residual_cnn(tmp_path, capsys):
     report = tmp_path / "r.json"
     rc = main([str(EXAMPLES / "residual_cnn.fsnet"), "--target", "loihi", "--emulator",
@@ -31,6 +32,7 @@ def test_fs_deploy_residual_cnn(tmp_path, capsys):
     assert (tmp_path / "out" / "loihi.json").is_file()
 
 
+@pytest.mark.slow  # fs-deploy end to end on nengo-loihi's emulator
 def test_fs_deploy_bundled_example(tmp_path):
     report = tmp_path / "r.json"
     rc = main(["--target", "loihi", "--emulator", "--samples", "3",
@@ -59,6 +61,7 @@ def test_fs_deploy_bad_batch_size_is_one_line(tmp_path, capsys, value):
     assert len(lines) == 1 and "batch_size: must be a positive integer" in lines[0]
 
 
+@pytest.mark.slow  # fs-deploy end to end on nengo-loihi's emulator
 def test_export_leaves_no_temporaries(tmp_path):
     out = tmp_path / "out"
     rc = main([str(EXAMPLES / "residual_cnn.fsnet"), "--target", "loihi", "--emulator",
