@@ -8,10 +8,20 @@ import pytest
 
 from fs_hw import conformance
 from fs_hw.codes import relu_code
-from fs_hw.errors import FormatError, FSHWError, ValidationError
+from fs_hw.errors import FormatError, ValidationError
 from fs_hw.ir import (
-    Add, AvgPool2d, Conv2d, Dense, Flatten, FSActivation, FSCode, Input, Network, Readout,
-    load_network, save_network,
+    Add,
+    AvgPool2d,
+    Conv2d,
+    Dense,
+    Flatten,
+    FSActivation,
+    FSCode,
+    Input,
+    Network,
+    Readout,
+    load_network,
+    save_network,
 )
 
 
@@ -53,7 +63,8 @@ def test_shape_mismatch_names_node_and_numbers():
 def test_nan_weight_is_refused_with_index():
     w = np.ones((3, 4))
     w[1, 2] = np.nan
-    with pytest.raises(ValidationError, match=r"dense 'd': weight: 1 non-finite value\(s\), first nan at index \(1, 2\)"):
+    non_finite = r"dense 'd': weight: 1 non-finite value\(s\), first nan at index \(1, 2\)"
+    with pytest.raises(ValidationError, match=non_finite):
         _mlp(weight=w)
 
 
@@ -161,14 +172,17 @@ def test_pickled_array_is_refused(tmp_path):
         load_network(evil)
 
 
-def test_nan_in_file_is_a_validation_error(tmp_path):
+def test_nan_in_file_is_refused_with_its_place(tmp_path):
     path = save_network(_mlp(), tmp_path / "n.fsnet")
     bad = tmp_path / "nan.fsnet"
 
     def edit(m):
         m["codes"][0]["T"][2] = float("nan")
 
-    # json.dumps writes NaN; the loader must name code and step
+    # json.dumps writes NaN (the writer refuses it); the loader must name the place
     _rewrite_manifest(path, bad, edit)
-    with pytest.raises(FSHWError, match=r"FSCode 'r': T: non-finite value nan at step 2"):
+    with pytest.raises(FormatError, match=r"manifest.json: codes\[0\]\.T\[2\]: NaN is not allowed"):
         load_network(bad)
+    # built in Python, the code itself names code and step
+    with pytest.raises(ValidationError, match=r"FSCode 'r': T: non-finite value nan at step 2"):
+        FSCode("r", [1.0, 1.0, np.nan], [1.0] * 3, [1.0] * 3)

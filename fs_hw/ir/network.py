@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
 from fs_hw.errors import ValidationError
 from fs_hw.ir.code import FSCode
 from fs_hw.ir.nodes import FSActivation, Input, Node, Readout, Shape
+
+# Most nodes in one network. The largest shipped network has 54 and a ResNet-152 about
+# 400; the spike-mode reference costs (stages x K) global steps times the node count, so
+# a network of many thousands of nodes would not finish anyway.
+MAX_NODES = 4096
+# Most elements (neurons or values) one node may output per sample: 2**31 - 1 keeps every
+# neuron index within int32 (what chips and backends index with) and far from int64
+# overflow in products of shapes.
+MAX_NODE_ELEMENTS = 2**31 - 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -19,8 +30,9 @@ class Network:
 
     Construction validates everything: unique names, known inputs, no cycles, exactly
     one :class:`~fs_hw.ir.nodes.Readout`, every edge's shape, every named code known,
-    and all codes with the same number of steps ``K`` (one stage of the pipeline lasts
-    K steps).
+    all codes with the same number of steps ``K`` (one stage of the pipeline lasts
+    K steps), every spiking node feeding the read-out (no dead branch), at most
+    ``MAX_NODES`` nodes and ``MAX_NODE_ELEMENTS`` elements per node and sample.
 
     Timing: spiking nodes (coded inputs and FS activations) are *stages*. A coded input
     is stage 0; an FS activation is one stage after the latest stage that feeds it; the
@@ -47,6 +59,8 @@ class Network:
 
     # -- structure ---------------------------------------------------------------------
     def _validate(self) -> None:
+        if len(self.nodes) > MAX_NODES:
+            raise ValidationError("network", "nodes", f"has {len(self.nodes)} nodes (limit {MAX_NODES})")
         by_name: dict[str, Node] = {}
         for node in self.nodes:
             if not isinstance(node, Node):
@@ -83,6 +97,29 @@ class Network:
                         f"K mismatch: its code has K={k}, node {first!r}'s has K={used_K[first]}",
                     )
         _ = self.shapes  # raises on shape mismatch
+        self._check_live()
+
+    def _check_live(self) -> None:
+        """Refuse spiking nodes whose output reaches no read-out (a dead branch).
+
+        Their spikes are never read, and their stage may lie beyond the read-out's, so
+        the spike-mode reference never runs them while the fast mode does: the two modes
+        (and a chip) would disagree on their spikes.
+        """
+        live: set[str] = set()
+        stack = [self.readout.name]
+        while stack:
+            name = stack.pop()
+            if name not in live:
+                live.add(name)
+                stack.extend(self.by_name[name].inputs)
+        for node in self.nodes:
+            if self.is_spiking(node) and node.name not in live:
+                raise ValidationError(
+                    node.label, "output",
+                    f"reaches no read-out (a dead branch: nothing reads its spikes, and read-out "
+                    f"{self.readout.name!r} does not depend on it); remove it",
+                )
 
     @cached_property
     def by_name(self) -> dict[str, Node]:
@@ -118,7 +155,13 @@ class Network:
         """Per-sample output shape of every node, checked edge by edge."""
         shapes: dict[str, Shape] = {}
         for node in self.order:
-            shapes[node.name] = node.infer_shape([shapes[s] for s in node.inputs])
+            shape = node.infer_shape([shapes[s] for s in node.inputs])
+            if math.prod(shape) > MAX_NODE_ELEMENTS:
+                raise ValidationError(
+                    node.label, "shape",
+                    f"outputs {shape} = {math.prod(shape)} elements per sample (limit {MAX_NODE_ELEMENTS})",
+                )
+            shapes[node.name] = shape
         return shapes
 
     @cached_property
@@ -181,7 +224,7 @@ class Network:
 
     # -- editing (returns new networks) ------------------------------------------------
     def replace(self, nodes: Iterable[Node] | None = None, codes: Mapping[str, FSCode] | None = None,
-                metadata: Mapping[str, Any] | None = None) -> "Network":
+                metadata: Mapping[str, Any] | None = None) -> Network:
         return Network(
             tuple(self.nodes if nodes is None else nodes),
             dict(self.codes if codes is None else codes),

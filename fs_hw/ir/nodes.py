@@ -23,6 +23,7 @@ synapses. FSActivation and coded Input are *spiking* nodes: they are neurons.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -36,7 +37,7 @@ Shape = tuple[int, ...]
 def _array(value: Any, obj: str, name: str, ndim: int) -> np.ndarray:
     try:
         arr = np.array(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ValidationError(obj, name, f"not numeric ({exc})") from None
     if arr.ndim != ndim:
         raise ValidationError(obj, name, f"must have {ndim} dimensions, got shape {arr.shape}")
@@ -50,15 +51,18 @@ def _array(value: Any, obj: str, name: str, ndim: int) -> np.ndarray:
     return arr
 
 
+def _is_int(value: Any) -> bool:
+    """An int (Python or numpy), not a bool: True is an int in Python but not a size."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def _pair(value: Any, obj: str, name: str, minimum: int) -> tuple[int, int]:
-    if isinstance(value, (int, np.integer)):
+    if _is_int(value):
         value = (value, value)
-    try:
-        a, b = (int(v) for v in value)
-        if (a, b) != tuple(value):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ValidationError(obj, name, f"must be an int or a pair of ints, got {value!r}") from None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2 \
+            or not all(_is_int(v) for v in value):
+        raise ValidationError(obj, name, f"must be an int or a pair of ints, got {value!r}")
+    a, b = int(value[0]), int(value[1])
     if a < minimum or b < minimum:
         raise ValidationError(obj, name, f"must be >= {minimum}, got {(a, b)}")
     return (a, b)
@@ -125,13 +129,16 @@ class Input(Node):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        try:
-            shape = tuple(int(s) for s in self.shape)
-        except (TypeError, ValueError):
-            raise ValidationError(self.label, "shape", f"must be a tuple of ints, got {self.shape!r}") from None
+        # Strict: "4" or 4.5 are not sizes (int() would accept the one and truncate the other).
+        raw = None if isinstance(self.shape, (str, bytes)) or not hasattr(self.shape, "__iter__") else tuple(self.shape)
+        if raw is None or not all(_is_int(s) for s in raw):
+            raise ValidationError(self.label, "shape", f"must be a tuple of ints, got {self.shape!r}")
+        shape = tuple(int(s) for s in raw)
         if not shape or any(s < 1 for s in shape):
             raise ValidationError(self.label, "shape", f"must be non-empty with positive sizes, got {shape}")
         object.__setattr__(self, "shape", shape)
+        if self.code is not None and (not isinstance(self.code, str) or not self.code):
+            raise ValidationError(self.label, "code", f"must name an FS code or be None, got {self.code!r}")
 
     def infer_shape(self, in_shapes: list[Shape]) -> Shape:
         return self.shape
@@ -195,7 +202,8 @@ class Conv2d(_Unary):
         object.__setattr__(self, "padding", _pair(self.padding, self.label, "padding", 0))
         if self.bias.shape[0] != self.weight.shape[0]:
             raise ValidationError(
-                self.label, "bias", f"has {self.bias.shape[0]} entries, weight has {self.weight.shape[0]} output channels"
+                self.label, "bias",
+                f"has {self.bias.shape[0]} entries, weight has {self.weight.shape[0]} output channels",
             )
 
     def infer_shape(self, in_shapes: list[Shape]) -> Shape:
@@ -248,7 +256,7 @@ class Flatten(_Unary):
 
     def infer_shape(self, in_shapes: list[Shape]) -> Shape:
         (shape,) = in_shapes
-        return (int(np.prod(shape)),)
+        return (math.prod(shape),)  # Python ints: np.prod would wrap around on a huge shape
 
 
 @dataclass(frozen=True, eq=False)
