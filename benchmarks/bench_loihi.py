@@ -60,7 +60,7 @@ def bench(net: Network, samples: int, seed: int = 1) -> dict:
     x = np.random.default_rng(seed).uniform(0, 1, (samples, *net.input.shape))
     backend = LoihiBackend()
     t0 = time.perf_counter()
-    art = backend.lower(net, {"emulator": True, "batch_size": samples})
+    art = backend.lower(net, {"batch_size": samples})
     t_lower = time.perf_counter() - t0
     res = backend.run(art, x, record_spikes=True)
     ref = run_reference(art.network, x, "spike", art.profile, record_spikes=True)

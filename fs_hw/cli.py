@@ -26,9 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from fs_hw.backend import FLOAT64, KNOWN_TARGETS, available_targets, get_backend
+from fs_hw.backend import (
+    FLOAT64,
+    KNOWN_TARGETS,
+    available_targets,
+    choose_runner,
+    get_backend,
+    parse_target_config,
+)
 from fs_hw.conformance import compare_runs
-from fs_hw.errors import CommandParser, FormatError, ValidationError, run_command
+from fs_hw.errors import CommandParser, FormatError, FSHWError, ValidationError, run_command
 from fs_hw.ir.io import load_network
 from fs_hw.ir.network import Network
 from fs_hw.outputs import (
@@ -176,13 +183,12 @@ def _run_chunked(run, inputs: np.ndarray, chunk: int, label: str):
     return concat_results(parts)
 
 
-def _target_batch_size(target_config: dict[str, Any], config: dict[str, Any]) -> int:
-    """The [target] batch_size, checked for every target before anything runs (fs-deploy
-    itself feeds the target chunks of this size, so 0 would loop on nothing)."""
-    value = target_config.get("batch_size", DEFAULT_BATCH_SIZE)
+def _target_batch_size(target_config: Any) -> int:
+    """The [target] batch_size (fs-deploy feeds the target chunks of this size); a target
+    whose settings have none gets the default. Its range is checked by the config parser."""
+    value = getattr(target_config, "batch_size", DEFAULT_BATCH_SIZE)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        where = f"config {config['_path']}" if "_path" in config else "target config"
-        raise ValidationError(where, "[target] batch_size", f"must be a positive integer, got {value!r}")
+        raise ValidationError("target config", "batch_size", f"must be a positive integer, got {value!r}")
     return value
 
 
@@ -272,10 +278,17 @@ def deploy(args: argparse.Namespace) -> int:
     network = load_network(network_path)
     config = load_config(Path(args.config) if args.config else None, args.target)
     backend = get_backend(args.target)
-    target_config = dict(config.get("target", {}))
+    where = f"config {config['_path']}" if "_path" in config else f"{args.target} config"
+    try:
+        target_config = parse_target_config(backend, config.get("target", {}))
+    except ValidationError as exc:
+        raise ValidationError(where, f"[target] {exc.field}", exc.problem) from None
     if args.emulator:
-        target_config["emulator"] = True
-    chunk = _target_batch_size(target_config, config)
+        if args.runner not in (None, "emulator"):
+            raise ValidationError("fs-deploy", "--emulator", f"contradicts --runner {args.runner}")
+        args.runner = "emulator"
+    runner = choose_runner(backend.runners, args.runner, backend.name).name
+    chunk = _target_batch_size(target_config)
     images, labels, inputs_name = load_inputs(Path(args.inputs) if args.inputs else None, network, bundled)
     # --samples is a request that must be met; the config's samples is an upper bound.
     if args.samples is not None:
@@ -294,18 +307,22 @@ def deploy(args: argparse.Namespace) -> int:
         _lock_destinations(stack, out, report_path)
         # again under the locks: a run that finished meanwhile may have filled --out
         out, report_path = _check_destinations(args)
-        return _run_and_write(args, backend, network, network_path, target_config, chunk,
+        return _run_and_write(args, backend, network, network_path, target_config, runner, chunk,
                               images, labels, inputs_name, out, report_path)
 
 
-def _run_and_write(args, backend, network, network_path, target_config, chunk, images, labels,
+def _run_and_write(args, backend, network, network_path, target_config, runner, chunk, images, labels,
                    inputs_name, out: Path | None, report_path: Path | None) -> int:
     samples = len(images)
     t0 = time.perf_counter()
-    artifact = backend.lower(network, target_config)
+    quantized = backend.quantize(network, target_config)
+    t_quantize = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    artifact = backend.lower(quantized, target_config)
     t_lower = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = _run_chunked(lambda x: backend.run(artifact, x, record_spikes=True), images, chunk, backend.name)
+    result = _run_chunked(lambda x: backend.run(artifact, x, record_spikes=True, runner=runner),
+                          images, chunk, f"{backend.name} ({runner})")
     t_run = time.perf_counter() - t0
     # What the target should compute: the reference on the artifact's network and
     # profile. For the reference target itself this is the fast mode checking the
@@ -346,10 +363,12 @@ def _run_and_write(args, backend, network, network_path, target_config, chunk, i
         "time_steps": int(result.time_steps),
         "K": network.K,
         "profile": artifact.profile.name,
-        "resources": artifact.resources,
+        "runner": runner,
+        "exactness": backend.exactness.to_dict(),
+        "resources": artifact.resources.to_dict(),
         "notes": notes,
         "info": result.info,
-        "seconds": {"lower": round(t_lower, 3), "run": round(t_run, 3)},
+        "seconds": {"quantize": round(t_quantize, 3), "lower": round(t_lower, 3), "run": round(t_run, 3)},
     }
     if out is not None:
         report["exported"] = [str(p) for p in backend.export(artifact, out)]
@@ -423,7 +442,13 @@ def _print_summary(report: dict) -> None:
     if "runner" in report["info"]:
         rows.append(("ran on", report["info"]["runner"]))
     for key, value in report["resources"].items():
-        rows.append((f"resource: {key}", value))
+        if key != "layers":
+            rows.append((f"resource: {key}", value))
+    for name, layer in report["resources"].get("layers", {}).items():
+        text = f"{layer['parts']} part(s) x <= {layer['neurons_per_part']} neurons, {layer['units']} units"
+        if layer.get("entries_per_weight") is not None:
+            text += f", {layer['entries_per_weight']} entries/weight"
+        rows.append((f"layer {name}", text))
     try:
         from rich.table import Table
 
@@ -445,8 +470,16 @@ def _print_summary(report: dict) -> None:
 def list_targets() -> int:
     found = available_targets()
     for name in sorted(set(found) | set(KNOWN_TARGETS)):
-        status = "installed" if name in found else f"not installed: {KNOWN_TARGETS.get(name, '')}"
-        print(f"{name:<14} {status}")
+        if name not in found:
+            print(f"{name:<14} not installed: {KNOWN_TARGETS.get(name, '')}")
+            continue
+        try:
+            backend = get_backend(name)
+        except FSHWError as exc:
+            print(f"{name:<14} broken: {exc}")
+            continue
+        runners = ", ".join(r.name + ("" if r.available() else " (unavailable)") for r in backend.runners)
+        print(f"{name:<14} installed; runners: {runners}; {backend.exactness.kind}")
     return 0
 
 
@@ -464,7 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", help="npz with 'images' (N, *input_shape), optional 'labels' and 'scale'")
     p.add_argument("--out", help="export the target's program into this folder")
     p.add_argument("--report", help="write a JSON report here")
-    p.add_argument("--emulator", action="store_true", help="force the target's emulator (where it has one)")
+    p.add_argument("--runner", help="how to run the target (its runners: see --list-targets); "
+                   "default: the first one available here")
+    p.add_argument("--emulator", action="store_true", help="same as --runner emulator")
     p.add_argument("--force", action="store_true", help="allow writing into a non-empty --out folder")
     p.add_argument("--list-targets", action="store_true", help="list targets and exit")
     return p

@@ -58,7 +58,7 @@ def test_bad_config_names_the_key(tmp_path, capsys):
     assert "speed: unknown key" in capsys.readouterr().err
     cfg.write_text("[target]\nmode = 'quantum'\n")
     assert main(["--target", "reference", "--config", str(cfg)]) == 2
-    assert "mode: must be one of ('fast', 'spike'), got 'quantum'" in capsys.readouterr().err
+    assert "[target] mode: must be one of ['fast', 'spike'], got 'quantum'" in capsys.readouterr().err
     cfg.write_text("samples = [")
     assert main(["--target", "reference", "--config", str(cfg)]) == 2
     assert "not valid TOML" in capsys.readouterr().err
@@ -129,3 +129,13 @@ def test_unknown_zoo_or_file_name(capsys):
     assert main(["resnet99", "--target", "reference"]) == 2
     err = capsys.readouterr().err
     assert "resnet99: no such network file, and not a zoo name (zoo: mlp" in err
+
+
+def test_runner_choice(capsys):
+    assert main(["--target", "reference", "--runner", "emulator", "--samples", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "target 'reference' has no runner 'emulator'; its runners: simulator" in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(["--target", "reference", "--runner", "simulator", "--samples", "2"]) == 0
+    assert main(["--list-targets"]) == 0
+    assert "reference      installed; runners: simulator; bit-exact" in capsys.readouterr().out

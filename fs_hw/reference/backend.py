@@ -2,58 +2,83 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fs_hw.backend import FLOAT64, Artifact, Capabilities, RunResult
-from fs_hw.errors import ValidationError
+from fs_hw.backend import (
+    BIT_EXACT,
+    FLOAT64,
+    Artifact,
+    Capabilities,
+    Quantized,
+    Resources,
+    Runner,
+    RunResult,
+    as_quantized,
+    choose_runner,
+    parse_target_config,
+)
 from fs_hw.ir.io import save_network
 from fs_hw.ir.network import Network
 from fs_hw.ir.nodes import NODE_TYPES
+from fs_hw.lower.config import config_to_dict, setting
+from fs_hw.lower.limits import LimitTable
 from fs_hw.outputs import atomic_write_json
 from fs_hw.reference.simulator import MODES, run_reference
 
-CONFIG_KEYS = {"mode": str, "library": str, "batch_size": int}
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """Settings of the reference target (the ``[target]`` table)."""
+
+    mode: str = setting("spike", "spike: step global time and deliver every spike; fast: decoded outputs",
+                        choices=MODES)
+    library: str = setting("numpy", "kernels of the linear maps", choices=("numpy", "torch"))
+    batch_size: int = setting(256, "samples per vectorised call", range=(1, 10**6))
 
 
 class ReferenceBackend:
-    """Runs the IR as written, in float64: the semantics itself.
-
-    Config keys: ``mode`` (``"fast"`` or ``"spike"``), ``library`` (``"numpy"`` or
-    ``"torch"`` kernels), ``batch_size``.
-    """
+    """Runs the IR as written, in float64: the semantics itself."""
 
     name = "reference"
     capabilities = Capabilities(node_kinds=frozenset(NODE_TYPES), notes="no hardware limits")
+    config_type = ReferenceConfig
+    limits = LimitTable(())
+    runners = (Runner("simulator", "fs_hw.reference numpy simulator"),)
+    exactness = BIT_EXACT
+    unsupported_scenarios: dict[str, str] = {}
 
-    def lower(self, network: Network, config: Mapping[str, Any]) -> Artifact:
-        options = {"mode": "spike", "library": "numpy", "batch_size": 256}
-        for key, value in dict(config).items():
-            if key not in CONFIG_KEYS:
-                raise ValidationError("reference config", key, f"unknown key; known: {sorted(CONFIG_KEYS)}")
-            if not isinstance(value, CONFIG_KEYS[key]):
-                raise ValidationError("reference config", key, f"must be {CONFIG_KEYS[key].__name__}, got {value!r}")
-            options[key] = value
-        if options["mode"] not in MODES:
-            raise ValidationError("reference config", "mode", f"must be one of {MODES}, got {options['mode']!r}")
+    def quantize(self, network: Network, config: Any = None) -> Quantized:
+        return Quantized(self.name, network, FLOAT64, [])
+
+    def lower(self, quantized: Quantized | Network, config: Any = None) -> Artifact:
+        cfg = parse_target_config(self, config)
+        q = as_quantized(self, quantized, cfg)
+        network = q.network
         return Artifact(
             target=self.name,
             network=network,
-            profile=FLOAT64,
-            payload=options,
-            resources={"neurons": sum(network.neuron_counts().values()), "time_steps": network.time_steps},
+            profile=q.profile,
+            payload=cfg,
+            resources=Resources(neurons=sum(network.neuron_counts().values()),
+                                latency_steps=network.time_steps),
+            notes=list(q.notes),
+            config=cfg,
         )
 
-    def run(self, artifact: Artifact, inputs: np.ndarray, record_spikes: bool = False) -> RunResult:
-        options = artifact.payload
+    def run(self, artifact: Artifact, inputs: np.ndarray, record_spikes: bool = False,
+            runner: str | None = None) -> RunResult:
+        choose_runner(self.runners, runner, self.name)
+        cfg = artifact.payload
         result = run_reference(
-            artifact.network, inputs, mode=options["mode"], profile=artifact.profile,
-            record_spikes=record_spikes, library=options["library"], batch_size=options["batch_size"],
+            artifact.network, inputs, mode=cfg.mode, profile=artifact.profile,
+            record_spikes=record_spikes, library=cfg.library, batch_size=cfg.batch_size,
         )
-        result.info["mode"] = options["mode"]
+        result.info["mode"] = cfg.mode
+        result.info["runner"] = "simulator"
         return result
 
     def export(self, artifact: Artifact, path: Path) -> list[Path]:
@@ -62,5 +87,6 @@ class ReferenceBackend:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         net = save_network(artifact.network, path / "network.fsnet", overwrite=True)
-        meta = atomic_write_json(path / "reference.json", {"target": self.name, "options": artifact.payload})
+        meta = atomic_write_json(path / "reference.json",
+                                 {"target": self.name, "options": config_to_dict(artifact.payload)})
         return [net, meta]

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fs_hw.backend import Artifact, Capabilities, RunResult
+from fs_hw.backend import (
+    BIT_EXACT,
+    Artifact,
+    Capabilities,
+    Quantized,
+    Runner,
+    RunResult,
+    as_quantized,
+    choose_runner,
+    parse_target_config,
+)
 from fs_hw.errors import ValidationError
 from fs_hw.ir import NODE_TYPES, Network
 from fs_hw.ir.io import save_network
 from fs_hw.outputs import atomic_write_json
 from fs_hw.reference.simulator import concat_results
-from fs_hw_loihi.config import LoihiConfig
+from fs_hw_loihi.config import LOIHI_LIMITS, LoihiConfig
 from fs_hw_loihi.profile import fit_profile
 from fs_hw_loihi.program import lower_network
-from fs_hw_loihi.runner import choose_runner, run_program
+from fs_hw_loihi.runner import has_hardware, run_program
 
 MAPPING_NOTE = (
     "mapping: time-unrolled FS neurons (K compartments each, on-chip clock ring of 2K "
@@ -26,10 +35,27 @@ MAPPING_NOTE = (
 )
 
 
-class LoihiBackend:
-    """Loihi through nengo-loihi: hardware when NxSDK is importable, else the emulator.
+def _calibration_inputs(network: Network, n: int) -> tuple[np.ndarray | None, str]:
+    """The first ``n`` training images of the network's data set, or why there are none."""
+    from fs_hw.data import load_dataset
+    from fs_hw.errors import FSHWError
 
-    Config keys (``[target]`` table): see :class:`fs_hw_loihi.config.LoihiConfig`.
+    name = network.metadata.get("dataset")
+    if not isinstance(name, str):
+        return None, ("membrane ranges: the worst case of every spike pattern (the network's metadata "
+                      "names no data set to measure them on)")
+    try:
+        x, _ = load_dataset(name, "train")
+    except FSHWError as exc:
+        return None, f"membrane ranges: the worst case of every spike pattern ({name!r} training data: {exc})"
+    return x[:n], ""
+
+
+class LoihiBackend:
+    """Loihi through nengo-loihi: the ``hardware`` runner when NxSDK is importable, else
+    nengo-loihi's ``emulator`` (strict overflow checks).
+
+    Settings: :class:`fs_hw_loihi.config.LoihiConfig`; limits: ``LOIHI_LIMITS``.
     """
 
     name = "loihi"
@@ -39,44 +65,64 @@ class LoihiBackend:
         weight_bits=8,
         fan_in=None,
         neurons_per_core=1024,
-        max_K=32,
+        max_K=int(LOIHI_LIMITS.value("K")),
         notes=(
             "1024 compartments per core = 1024/K FS neurons; 7-bit weight mantissas with a "
             "per-format exponent; inputs must be spike-coded"
         ),
     )
+    config_type = LoihiConfig
+    limits = LOIHI_LIMITS
+    runners = (
+        Runner("hardware", "Loihi through NxSDK", has_hardware, "needs Intel's NxSDK and a Loihi board"),
+        Runner("emulator", "nengo-loihi's numpy emulator, overflow checks strict"),
+    )
+    exactness = BIT_EXACT
+    unsupported_scenarios: dict[str, str] = {}
 
-    def lower(self, network: Network, config: Mapping[str, Any]) -> Artifact:
-        cfg = LoihiConfig.from_mapping(config)
+    def quantize(self, network: Network, config: Any = None,
+                 calibration: np.ndarray | None = None) -> Quantized:
+        """The Loihi profile. ``calibration`` inputs (default: ``range_samples`` training
+        images of the data set named in the network's metadata) set the membrane ranges."""
+        cfg = parse_target_config(self, config)
         if cfg.K is not None and network.K != cfg.K:
             raise ValidationError(
                 "loihi config", "K", f"is {cfg.K} but the network's codes have K={network.K}"
             )
-        if network.K > self.capabilities.max_K:
-            raise ValidationError("network", "K",
-                                  f"{network.K} exceeds the Loihi target's max {self.capabilities.max_K}")
-        int_net, profile, notes, info = fit_profile(network, cfg)
-        program = lower_network(int_net, cfg)
-        runner = choose_runner(program)
-        resources = dict(program.resources)
-        resources["runner"] = runner
+        LOIHI_LIMITS.check({"K": network.K}, "network", hint="choose codes with fewer steps")
+        extra: list[str] = []
+        if calibration is None and cfg.range_samples > 0:
+            calibration, why = _calibration_inputs(network, cfg.range_samples)
+            if why:
+                extra.append(why)
+        int_net, profile, notes, info = fit_profile(network, cfg, calibration)
+        return Quantized(self.name, int_net, profile, [*extra, *notes], info)
+
+    def lower(self, quantized: Quantized | Network, config: Any = None) -> Artifact:
+        cfg = parse_target_config(self, config)
+        q = as_quantized(self, quantized, cfg)
+        observed = getattr(q.info, "observed", None)
+        program = lower_network(q.network, cfg, observed)
         return Artifact(
             target=self.name,
-            network=int_net,
-            profile=profile,
+            network=q.network,
+            profile=q.profile,
             payload=program,
-            resources=resources,
-            notes=[*notes, MAPPING_NOTE],
+            resources=program.resources,
+            notes=[*q.notes, MAPPING_NOTE],
+            config=cfg,
         )
 
-    def run(self, artifact: Artifact, inputs: np.ndarray, record_spikes: bool = False) -> RunResult:
+    def run(self, artifact: Artifact, inputs: np.ndarray, record_spikes: bool = False,
+            runner: str | None = None) -> RunResult:
+        chosen = choose_runner(self.runners, runner, self.name).name
         program = artifact.payload
         x = np.asarray(inputs)
         if x.ndim == len(artifact.network.input.shape):
             x = x[None]
         chunk = program.config.batch_size
         parts = [
-            run_program(program, x[i : i + chunk], artifact.profile, record_spikes)
+            run_program(program, x[i : i + chunk], artifact.profile, record_spikes, chosen)
             for i in range(0, max(len(x), 1), chunk)
         ]
         result = concat_results(parts)
@@ -111,7 +157,7 @@ class LoihiBackend:
                 "input_scale": artifact.profile.input_scale,
                 "membrane_bits": artifact.profile.membrane_bits,
             },
-            "resources": artifact.resources,
+            "resources": artifact.resources.to_dict(),
             "notes": artifact.notes,
             "cores": cores,
         })

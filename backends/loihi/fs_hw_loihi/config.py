@@ -1,78 +1,56 @@
-"""Settings of the Loihi target (the ``[target]`` table of ``deploy_configs/loihi.toml``)."""
+"""Settings and limits of the Loihi target (``deploy_configs/loihi.toml``)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
-from fs_hw.errors import ValidationError
+from nengo_loihi.block import MAX_COMPARTMENTS, MAX_IN_AXONS, MAX_OUT_AXONS, MAX_SYNAPSE_BITS
+
+from fs_hw.lower.config import config_to_dict, setting
+from fs_hw.lower.limits import Limit, LimitTable
+
+#: 16 synapse-format slots per core; nengo-loihi leaves slot 0 unused
+MAX_SYNAPSE_FORMATS = 15
+LOIHI_CORES_PER_CHIP = 128
+
+#: Loihi's per-core limits (values from nengo-loihi 1.1's ``nengo_loihi.block``), the
+#: one table the lowering partitions against and refuses with.
+LOIHI_LIMITS = LimitTable((
+    Limit("compartments", MAX_COMPARTMENTS, "compartments", "core"),
+    Limit("in_axons", MAX_IN_AXONS, "input axons", "core"),
+    Limit("out_axons", MAX_OUT_AXONS, "output axon slots", "core"),
+    Limit("synapse_bits", MAX_SYNAPSE_BITS, "synapse memory bits", "core"),
+    Limit("formats", MAX_SYNAPSE_FORMATS, "synapse formats", "core"),
+    Limit("K", 32, "time steps per FS stage", "neuron", "compartments per FS neuron"),
+))
 
 
 @dataclass(frozen=True)
 class LoihiConfig:
-    """Validated target settings.
+    """Validated settings of the Loihi target (the ``[target]`` table).
 
-    Parameters
-    ----------
-    chips, cores_per_chip
-        The board: a network that needs more cores than ``chips * cores_per_chip`` is
-        refused before it runs. Loihi has 128 cores per chip; Nahuku boards 8-32 chips.
-    emulator
-        ``True`` forces nengo-loihi's emulator; ``False`` (default) uses the hardware
-        when NxSDK can be imported, else the emulator.
-    batch_size
-        Samples per emulator/hardware run (fs-deploy feeds the inputs in chunks of this
-        size; inside a chunk samples flow as a pipeline).
-    K
-        Optional check: the steps per stage the network must have.
-    d_digits
-        Signed powers of two a fitted code's output weight ``d(t)`` may use (each one
-        is one more synapse per weight); ReLU codes need one.
-    max_d_power
-        Largest power of two in an output weight (range of ``d`` in bits).
-    seed
-        Seed passed to the emulator (no stochastic parts are used).
+    The board: a network that needs more cores than ``chips * cores_per_chip`` is refused
+    before it runs. Which runner (hardware or emulator) is chosen by ``fs-deploy
+    --runner``, not here.
     """
 
-    chips: int = 1
-    cores_per_chip: int = 128
-    emulator: bool = False
-    batch_size: int = 50
-    K: int | None = None
-    d_digits: int = 3
-    max_d_power: int = 13
-    seed: int = 0
+    chips: int = setting(1, "chips on the board (Nahuku boards: 8-32)", range=(1, 16384))
+    cores_per_chip: int = setting(LOIHI_CORES_PER_CHIP, "cores per chip", range=(1, LOIHI_CORES_PER_CHIP))
+    batch_size: int = setting(50, "samples per emulator/hardware run (a pipeline inside a run)",
+                              range=(1, 10**6))
+    K: int | None = setting(None, "optional check of the network's steps per stage", range=(1, 64))
+    d_digits: int = setting(3, "signed powers of two a fitted code's d(t) may use", range=(1, 8))
+    max_d_power: int = setting(13, "largest power of two in an output weight d(t)", range=(0, 14))
+    seed: int = setting(0, "emulator seed (no stochastic parts are used)", range=(0, 2**31 - 1))
+    range_samples: int = setting(
+        200, "training images of the network's data set whose partial sums set the membrane ranges "
+        "(0: the worst case of every spike pattern)", range=(0, 100_000))
 
     @classmethod
-    def from_mapping(cls, config: Mapping[str, Any] | None) -> LoihiConfig:
-        where = "loihi config"
-        known = {f.name: f for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in dict(config or {}).items():
-            if key not in known:
-                raise ValidationError(where, key, f"unknown key; known: {sorted(known)}")
-            if key == "emulator":
-                if not isinstance(value, bool):
-                    raise ValidationError(where, key, f"must be true or false, got {value!r}")
-            elif isinstance(value, bool) or not isinstance(value, int):
-                raise ValidationError(where, key, f"must be an integer, got {value!r}")
-            values[key] = value
-        cfg = cls(**values)
-        checks = {
-            "chips": (1, 16384),
-            "cores_per_chip": (1, 128),
-            "batch_size": (1, 10**6),
-            "K": (1, 64),
-            "d_digits": (1, 8),
-            "max_d_power": (0, 14),
-            "seed": (0, 2**31 - 1),
-        }
-        for key, (lo, hi) in checks.items():
-            value = getattr(cfg, key)
-            if value is not None and not lo <= value <= hi:
-                raise ValidationError(where, key, f"must be in [{lo}, {hi}], got {value}")
-        return cfg
+    def from_mapping(cls, config) -> LoihiConfig:
+        from fs_hw.lower.config import parse_config
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return parse_config(cls, config, "loihi config")
+
+    def to_dict(self) -> dict:
+        return config_to_dict(self)

@@ -1,20 +1,33 @@
 r"""Loihi's integer formats, and exact splits of integers into them.
 
 Every number the chip adds is written here in the form the hardware holds, so that
-nothing is rounded by nengo-loihi's own discretizer (which is never called):
+nothing is rounded by nengo-loihi's own discretizer (which is never called) nor by the
+chip's weight shift.
 
-* a synaptic weight is :math:`m \cdot 2^{7+e}` with mantissa :math:`|m| \le 127`
-  (8-bit signed weights whose last bit the chip drops, ``weight_bits=7`` in
-  nengo-loihi's ``SynapseConfig``) and one exponent :math:`e \in [-7, 7]` per synapse
-  format;
-* a threshold is :math:`64 \cdot v_m` with :math:`0 < v_m < 2^{17}`;
-* the input a compartment receives in one step must stay inside 21 signed bits
-  (``Q_BITS``), its current inside 23 (``U_BITS``) and its membrane inside 23.
+**Units.** The program's integers are in *units* of :data:`CHIP_UNIT` = 64 chip steps:
+the lowering multiplies every weight, constant and threshold by 64 when it writes the
+nengo-loihi objects, and the read-out divides the probed membrane by 64. The reason is
+the chip's two-part weight shift (nengo-loihi ``discretize_weights``, ``lossy_shift``): a
+stored 8-bit weight is shifted by ``shift_bits + weight_exp`` (``shift_bits = 1`` for
+mixed-sign synapses) and then by 6, and a negative first shift drops low bits; the
+emulator adds the stored value unchanged, so it cannot see that loss. Only exponents
+``>= -1`` are lossless, so the smallest weight the chip can add exactly is 64; and the
+hardware builder divides by ``2**(6 + weight_exp)``, which is fractional for ``-7``. So:
+
+* a synaptic weight is :math:`m \cdot 2^{1+e}` units (:math:`m \cdot 2^{7+e}` on the
+  chip) with mantissa :math:`|m| \le 127` and an exponent that the lowering writes as
+  ``e + 6``; in the convention of this module ``e`` ranges over
+  [:data:`WEIGHT_EXP_MIN`, :data:`WEIGHT_EXP_MAX`] = [-7, 1], i.e. chip exponents
+  [-1, 7] (the 4-bit field's positive half plus the lossless -1);
+* a threshold is any integer number of units (the chip holds ``64 * v_m``, ``v_m < 2**17``);
+* the input a compartment receives in one step stays inside 21 signed chip bits
+  (``Q_BITS``, 2**15 units), its current and membrane inside 23 (2**17 units).
 
 An integer weight matrix is split into *planes* (7-bit mantissas times a power of two),
 and a per-step output weight :math:`d(s)` into signed powers of two, so the product
 :math:`w \cdot d(s)` is a sum of terms each exactly representable; constants (gates,
-baselines, resets) are split into three radix-128 digits with exponents -7, 0 and 7.
+baselines, resets) are split into digits of 1, 128 and 256 units (chip exponents -1, 6
+and 7).
 """
 
 from __future__ import annotations
@@ -24,23 +37,37 @@ import math
 import numpy as np
 
 MANTISSA_MAX = 127
-WEIGHT_EXP_MIN, WEIGHT_EXP_MAX = -7, 7
-#: synapse input accumulated in one step: signed 21 bits (nengo-loihi Q_BITS)
-Q_LIMIT = 2**21
+#: one program unit in chip steps: the smallest weight the chip adds without loss
+CHIP_UNIT_BITS = 6
+CHIP_UNIT = 2**CHIP_UNIT_BITS
+#: exponents in this module's convention (weight = m * 2**(7+e) units); the chip's
+#: exponent is e + CHIP_UNIT_BITS, in [-1, 7]
+WEIGHT_EXP_MIN, WEIGHT_EXP_MAX = -7, 1
+CHIP_WEIGHT_EXP_MIN, CHIP_WEIGHT_EXP_MAX = WEIGHT_EXP_MIN + CHIP_UNIT_BITS, WEIGHT_EXP_MAX + CHIP_UNIT_BITS
+#: synapse input accumulated in one step: signed 21 chip bits (nengo-loihi Q_BITS)
+Q_LIMIT = 2**21 // CHIP_UNIT
 #: compartment current: signed 23 bits (U_BITS); membrane: signed 23 bits (24-bit register)
-U_LIMIT = 2**23
-V_LIMIT = 2**23
-VTH_UNIT = 64
+U_LIMIT = 2**23 // CHIP_UNIT
+V_LIMIT = 2**23 // CHIP_UNIT
+VTH_UNIT = 1
 VTH_MANT_MAX = 2**17 - 1
 VTH_MAX = VTH_MANT_MAX * VTH_UNIT
-#: exponents used for constant (clock) synapses: radix-128 digits
-CONSTANT_EXPONENTS = (-7, 0, 7)
-CONSTANT_LIMIT = MANTISSA_MAX * (2**14 + 2**7 + 1)
+#: exponents used for constant (clock) synapses: digits of 1, 128 and 256 units
+CONSTANT_EXPONENTS = (-7, 0, 1)
+CONSTANT_LIMIT = MANTISSA_MAX * 256 + 128 + 63
 
 
 def weight_scale(exp: int) -> int:
-    """Value of mantissa 1 in a synapse format with weight exponent ``exp``."""
+    """Value in units of mantissa 1 in a synapse format with exponent ``exp`` (this module's
+    convention)."""
     return 2 ** (7 + exp)
+
+
+def chip_weight_exp(exp: int) -> int:
+    """The exponent the chip holds for this module's exponent ``exp`` (always >= -1)."""
+    if not WEIGHT_EXP_MIN <= exp <= WEIGHT_EXP_MAX:
+        raise OverflowError(f"weight exponent {exp} outside [{WEIGHT_EXP_MIN}, {WEIGHT_EXP_MAX}]")
+    return exp + CHIP_UNIT_BITS
 
 
 def vth_round_up(value: int) -> int:
@@ -122,19 +149,20 @@ def round_to_digits(x: float, digits: int, max_power: int) -> int:
 def constant_planes(values: np.ndarray) -> list[tuple[np.ndarray, int]]:
     """Split integer constants into synapse planes ``(weights, exponent)``.
 
-    ``weights`` are the values the chip adds (``digit * 2**(7+exp)``), exponents are
-    -7, 0 and 7; planes that are all zero are left out. Values must satisfy
-    ``|v| <= CONSTANT_LIMIT`` (about 2**21, the per-step input limit anyway).
+    ``weights`` are the values added, in units (``digit * 2**(7+exp)``); exponents are
+    -7, 0 and 1 (digits of 1, 128 and 256 units; chip exponents -1, 6, 7); planes that are
+    all zero are left out. Values must satisfy ``|v| <= CONSTANT_LIMIT`` (about 2**15
+    units, the per-step input limit anyway).
     """
     v = np.asarray(values, dtype=np.int64)
     if v.size and np.abs(v).max() > CONSTANT_LIMIT:
         raise OverflowError(f"constant {int(np.abs(v).max())} exceeds {CONSTANT_LIMIT}")
-    low = ((v + 64) % 128) - 64
+    low = ((v + 64) % 128) - 64  # |low| <= 64, digit of 1
     rest = (v - low) // 128
-    mid = ((rest + 64) % 128) - 64
-    high = (rest - mid) // 128
+    mid = np.where(rest >= 0, rest % 2, -((-rest) % 2))  # digit of 128, sign of rest
+    high = (rest - mid) // 2  # digit of 256
     out = []
-    for digit, exp in ((low, -7), (mid, 0), (high, 7)):
+    for digit, exp in ((low, -7), (mid, 0), (high, 1)):
         if np.any(digit):
             out.append((digit * weight_scale(exp), exp))
     return out
@@ -149,7 +177,7 @@ def synapse_exponent(mantissa_max: int, power: int) -> tuple[int, int]:
     """
     if power < 0:
         raise OverflowError(f"power {power} < 0: weight below the chip's resolution")
-    extra = max(0, power - 7 - WEIGHT_EXP_MAX)
+    extra = max(0, power - 7 - WEIGHT_EXP_MAX)  # the rest of the power goes into the mantissa
     if mantissa_max and mantissa_max * 2**extra > MANTISSA_MAX:
         raise OverflowError(
             f"weight terms m*2^{power} (|m| <= {mantissa_max}) need exponent {power - 7} > {WEIGHT_EXP_MAX}"

@@ -28,7 +28,7 @@ profile is recomputed. Every rounding is listed in the returned notes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -67,6 +67,9 @@ class ProfileInfo:
     d_units: dict[str, float] = field(default_factory=dict)
     coarsened: dict[str, int] = field(default_factory=dict)
     readout_unit: float = 1.0
+    #: per receiver, the partial-sum extremes measured on calibration data (None: the
+    #: worst case of every spike pattern sets the constants)
+    observed: dict | None = None
 
 
 def loihi_profile(network: Network, config=None) -> tuple[Network, NumericProfile, list[str]]:
@@ -80,17 +83,53 @@ def loihi_profile(network: Network, config=None) -> tuple[Network, NumericProfil
     return net, profile, notes
 
 
-def fit_profile(network: Network, config=None) -> tuple[Network, NumericProfile, list[str], ProfileInfo]:
-    """:func:`loihi_profile` plus the units chosen (used by the lowering)."""
-    from fs_hw_loihi.bounds import check_ranges  # local: bounds imports maps
+def fit_profile(network: Network, config=None, calibration: np.ndarray | None = None,
+                ) -> tuple[Network, NumericProfile, list[str], ProfileInfo]:
+    """:func:`loihi_profile` plus the units chosen (used by the lowering).
 
+    ``calibration``: inputs whose measured partial sums (widened by
+    ``bounds.DATA_MARGIN``) replace the worst case of every spike pattern where that is
+    tighter; without it every constant covers every possible spike pattern.
+    """
     cfg = config if isinstance(config, LoihiConfig) else LoihiConfig.from_mapping(config)
+    # Loihi's membrane holds 17 bits of the program's units (see fixedpoint): the range of
+    # d(t) and the weight bits share them. Try the configured d range first; if some
+    # layer cannot fit even with 1-bit weights, give d fewer bits (coarser d, so fitted
+    # codes round more; the prediction shows what that costs).
+    first_error: ResourceError | None = None
+    for max_d_power in range(cfg.max_d_power, 2, -2):
+        try:
+            int_net, profile, notes, info = _fit_with(network, replace(cfg, max_d_power=max_d_power),
+                                                      calibration)
+        except ResourceError as exc:
+            first_error = first_error or exc
+            continue
+        if max_d_power != cfg.max_d_power:
+            notes.append(
+                f"membrane range: output weights d(t) limited to 2^{max_d_power} units (config "
+                f"max_d_power={cfg.max_d_power}) so every layer fits Loihi's 17-bit membrane"
+            )
+        return int_net, profile, notes, info
+    raise first_error
+
+
+def _fit_with(network: Network, cfg: LoihiConfig, calibration: np.ndarray | None):
+    from fs_hw_loihi.bounds import check_ranges, observe_ranges
+
     coarsen: dict[str, int] = {}
     for _ in range(24):
         q = _Quantizer(network, cfg, coarsen)
         int_net, profile, notes, info = q.run()
-        failing = check_ranges(int_net)
+        observed = None if calibration is None else observe_ranges(int_net, profile, calibration)
+        failing = check_ranges(int_net, observed)
         if not failing:
+            info.observed = observed
+            if observed is not None:
+                notes.append(
+                    f"membrane ranges: measured on {len(calibration)} calibration inputs and widened "
+                    f"x2 (never wider than the worst case); an input beyond them would clip or fire "
+                    f"early on the chip, which fs-deploy's spike comparison reports as mismatches"
+                )
             if coarsen:
                 notes.append(
                     "membrane range: weights of "
@@ -170,29 +209,36 @@ class _Quantizer:
             return self.add_unit[name]
         raise UnsupportedError(f"{node.label}: no unit")
 
-    def pin(self, name: str, u: float) -> bool:
+    def pin(self, name: str, u: float, coarsening: bool = False) -> bool:
+        """Give ``name`` the unit ``u``; False if a fixed unit forbids it.
+
+        ``coarsening``: the membrane-range pass re-pins a weighted node that residual
+        reconciliation pinned before (a coarser unit for the same add), which is allowed;
+        two different adds asking one node for different units is not.
+        """
         node = self.net.by_name[name]
         if self.net.is_spiking(node):
             return math.isclose(self.d_unit[name], u, rel_tol=1e-12)
         if isinstance(node, (Dense, Conv2d)):
             old = self.pinned.get(name)
-            if old is not None and not math.isclose(old, u, rel_tol=1e-12):
+            if old is not None and not coarsening and not math.isclose(old, u, rel_tol=1e-12):
                 raise UnsupportedError(
                     f"{node.label}: feeds two residual adds that need different scales ({old:g} vs {u:g})"
                 )
             self.pinned[name] = u
             return True
         if isinstance(node, Flatten):
-            return self.pin(node.input, u)
+            return self.pin(node.input, u, coarsening)
         if isinstance(node, AvgPool2d):
             (kh, kw), _ = node.window(self.net.shapes[node.input])
-            return self.pin(node.input, u * kh * kw)
+            return self.pin(node.input, u * kh * kw, coarsening)
         if isinstance(node, Add):
             for op in node.operands:
-                if not self.fixed[op]:
-                    self.pin(op, u)
-                elif self.unit(op) / u < 1 - 1e-12:
+                if self.fixed[op] and self.unit(op) / u < 1 - 1e-12:
                     return False
+            for op in node.operands:
+                if not self.fixed[op]:
+                    self.pin(op, u, coarsening)
             self.add_unit[name] = u
             return True
         return False
@@ -230,7 +276,7 @@ class _Quantizer:
         for name, bits in self.coarsen.items():
             node = net.by_name[name]
             u = self.unit(node.input) * 2.0**bits
-            if not self.pin(node.input, u):
+            if not self.pin(node.input, u, coarsening=True):
                 raise ResourceError(
                     f"layer {name!r}: its worst-case membrane exceeds Loihi's registers and its input "
                     f"has no weights to coarsen"

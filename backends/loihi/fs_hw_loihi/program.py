@@ -53,6 +53,8 @@ from fs_hw.ir import FSActivation, Network, Readout
 from fs_hw_loihi.bounds import LayerRange, layer_ranges
 from fs_hw_loihi.config import LoihiConfig
 from fs_hw_loihi.fixedpoint import (
+    CHIP_UNIT,
+    chip_weight_exp,
     constant_planes,
     signed_digits,
     synapse_exponent,
@@ -63,6 +65,8 @@ from fs_hw_loihi.maps import ConvMap, ReceiverInput, receiver_inputs
 MAX_SYNAPSE_FORMATS = 15  # 16 format slots per core, slot 0 unused by nengo-loihi
 MAX_ATOMS = 1024
 RELAY_VTH = 128
+#: largest compartment base of an axon (nengo-loihi's hardware builder asserts it)
+BASE_LIMIT = 256
 RING_WEIGHT = 128
 
 
@@ -136,7 +140,7 @@ def _block(label: str, n_comp: int, vth: int) -> LoihiBlock:
     c.decay_u = np.full(n_comp, 4095, np.int32)
     c.decay_v = np.zeros(n_comp, np.int32)
     c.refract_delay = np.ones(n_comp, np.int32)
-    c.vth = np.full(n_comp, vth, np.int32)
+    c.vth = np.full(n_comp, vth * CHIP_UNIT, np.int32)  # the program's units are CHIP_UNIT chip steps
     c.bias = np.zeros(n_comp, np.int32)
     c.enable_noise = np.zeros(n_comp, bool)
     c.scale_u = False
@@ -150,7 +154,7 @@ def _block(label: str, n_comp: int, vth: int) -> LoihiBlock:
 def _synapse(label, weights, indices, axon_to_weight, bases, exp, pop_type) -> Synapse:
     syn = Synapse(len(bases), label=label)
     syn._set_weights_indices(
-        [np.asarray(w, np.int32) for w in weights],
+        [np.asarray(np.asarray(w, np.int64) * CHIP_UNIT, np.int32) for w in weights],
         indices=[np.asarray(i, np.int32) for i in indices],
         weight_dtype=np.int32,
         compression=0,
@@ -158,7 +162,7 @@ def _synapse(label, weights, indices, axon_to_weight, bases, exp, pop_type) -> S
     syn.axon_to_weight_map = np.asarray(axon_to_weight, np.int32)
     syn.axon_compartment_bases = np.asarray(bases, np.int32)
     syn.pop_type = pop_type
-    syn.format(weight_exp=int(exp))
+    syn.format(weight_exp=chip_weight_exp(int(exp)))
     return syn
 
 
@@ -217,13 +221,14 @@ def _parts_for(layer: Layer, per_core: int) -> list[Part]:
 class Lowering:
     """Builds a :class:`Program` from an integer network (see the module docstring)."""
 
-    def __init__(self, network: Network, config: LoihiConfig, per_core: dict[str, int] | None = None):
+    def __init__(self, network: Network, config: LoihiConfig, per_core: dict[str, int] | None = None,
+                 observed: dict | None = None):
         self.net = network
         self.cfg = config
         self.K = network.K
         self.P = 2 * self.K
         self.per_core_override = dict(per_core or {})
-        self.ranges = layer_ranges(network)
+        self.ranges = layer_ranges(network, observed)
         self.rins: dict[str, ReceiverInput] = receiver_inputs(network)
         self.layers: dict[str, Layer] = {}
         self.pending: dict[int, list[_Pending]] = {}
@@ -257,11 +262,23 @@ class Lowering:
 
     def _relay_synapse(self, prev: Layer, sp: Part, tp: Part, key: str, i: int) -> None:
         K, n = self.K, sp.n
-        weights = [np.full((n, 1), RING_WEIGHT) for _ in range(K)]
-        indices = [(np.arange(n) * K + s)[:, None] for s in range(K)]
-        syn = _synapse(f"{key}[{i}].in", weights, indices, np.arange(K), np.zeros(K), 0, 32)
         comp = np.arange(n * K)
-        ax = _axon(f"{key}[{i}].in", syn, comp % K, comp // K)
+        if prev.image:
+            # Image sources already send conv axons whose atoms are channels; a compartment
+            # has one population and one atom on the chip, so the relay copy uses discrete
+            # axons (no population), one per compartment, in groups of compartment bases
+            # below the builder's limit of 256.
+            group = comp // BASE_LIMIT
+            n_groups = int(group.max(initial=0)) + 1
+            weights = [np.full((1, 1), RING_WEIGHT) for _ in range(n_groups)]
+            indices = [np.full((1, 1), g * BASE_LIMIT) for g in range(n_groups)]
+            syn = _synapse(f"{key}[{i}].in", weights, indices, group, comp - group * BASE_LIMIT, 0, 0)
+            ax = _axon(f"{key}[{i}].in", syn, comp, np.zeros(comp.size))
+        else:
+            weights = [np.full((n, 1), RING_WEIGHT) for _ in range(K)]
+            indices = [(np.arange(n) * K + s)[:, None] for s in range(K)]
+            syn = _synapse(f"{key}[{i}].in", weights, indices, np.arange(K), np.zeros(K), 0, 32)
+            ax = _axon(f"{key}[{i}].in", syn, comp % K, comp // K)
         tp.block.add_synapse(syn)
         self._attach(prev, sp, ax, 0)
 
@@ -400,12 +417,29 @@ class Lowering:
             return []
         out = []
         comp = np.arange(c * K)
+        step = comp % K
+        neuron = comp // K
         for plane, exp in constant_planes(layer.range.inhibit[:-1]):
-            weights = [np.full((c, K - 1 - s), plane[s]) for s in range(K - 1)]
-            indices = [np.arange(c)[:, None] * K + np.arange(s + 1, K)[None, :] for s in range(K - 1)]
-            syn = _synapse(f"{label}.inh{exp}", weights, indices, np.arange(K - 1), np.zeros(K - 1), exp, 32)
-            cmap = np.where(comp % K < K - 1, comp % K, -1)
-            ax = _axon(f"{label}.inh{exp}", syn, cmap, comp // K)
+            if layer.image:
+                # discrete axons (see _relay_synapse): (j, s) -> (j, t > s), weights shared by
+                # the neurons of one base group
+                G = BASE_LIMIT - K
+                group = (neuron * K) // G
+                n_groups = int(group.max(initial=0)) + 1
+                weights = [np.full((1, K - 1 - s), plane[s]) for s in range(K - 1) for _ in range(n_groups)]
+                indices = [(g * G + np.arange(s + 1, K))[None, :] for s in range(K - 1) for g in range(n_groups)]
+                sel = step < K - 1
+                a2w = (step * n_groups + group)[sel]
+                bases = (neuron * K - group * G)[sel]
+                syn = _synapse(f"{label}.inh{exp}", weights, indices, a2w, bases, exp, 0)
+                cmap = np.where(sel, np.cumsum(sel) - 1, -1)
+                ax = _axon(f"{label}.inh{exp}", syn, cmap, np.zeros(comp.size))
+            else:
+                weights = [np.full((c, K - 1 - s), plane[s]) for s in range(K - 1)]
+                indices = [np.arange(c)[:, None] * K + np.arange(s + 1, K)[None, :] for s in range(K - 1)]
+                syn = _synapse(f"{label}.inh{exp}", weights, indices, np.arange(K - 1), np.zeros(K - 1), exp, 32)
+                cmap = np.where(step < K - 1, step, -1)
+                ax = _axon(f"{label}.inh{exp}", syn, cmap, neuron)
             tp.block.add_axon(ax)
             out.append(syn)
         return out
@@ -594,6 +628,9 @@ class Lowering:
             model.add_block(b)
         model.add_input(start)
         for tp in host.parts:
+            # an input step whose spikes reach no synapse (d(s) = 0) is left out: the
+            # hardware builder refuses a SpikeInput without axons
+            tp.inputs = {key: si for key, si in tp.inputs.items() if si.axons}
             for si in tp.inputs.values():
                 model.add_input(si)
         for layer in self.layers.values():
@@ -614,13 +651,13 @@ class Lowering:
         raise KeyError("part not in any layer")
 
 
-def lower_network(network: Network, config: LoihiConfig) -> Program:
+def lower_network(network: Network, config: LoihiConfig, observed: dict | None = None) -> Program:
     """Build, partition and check the program; refuse (ResourceError) if it does not fit."""
     from fs_hw_loihi.resources import check_program
 
     overrides: dict[str, int] = {}
     for _ in range(6):
-        program = Lowering(network, config, overrides).build()
+        program = Lowering(network, config, overrides, observed).build()
         shrink = check_program(program)
         if not shrink:
             return program

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from nengo_loihi.block import MAX_COMPARTMENTS, MAX_IN_AXONS, MAX_OUT_AXONS, MAX_SYNAPSE_BITS
-
+from fs_hw.backend import LayerResources, Resources
 from fs_hw.errors import ResourceError
-from fs_hw_loihi.program import MAX_SYNAPSE_FORMATS
+from fs_hw_loihi.config import LOIHI_LIMITS
 
 if TYPE_CHECKING:
     from fs_hw_loihi.program import Program
@@ -32,13 +31,7 @@ def _block_use(block) -> dict[str, int]:
     }
 
 
-LIMITS = {
-    "compartments": (MAX_COMPARTMENTS, "compartments per core"),
-    "in_axons": (MAX_IN_AXONS, "input axons per core"),
-    "out_axons": (MAX_OUT_AXONS, "output axon slots per core"),
-    "synapse_bits": (MAX_SYNAPSE_BITS, "synapse memory bits per core"),
-    "formats": (MAX_SYNAPSE_FORMATS, "synapse formats per core"),
-}
+CORE_LIMITS = LOIHI_LIMITS.scope("core")
 
 
 def check_program(program: Program) -> dict[str, int]:
@@ -56,17 +49,16 @@ def check_program(program: Program) -> dict[str, int]:
         cores_by_layer[name] = len(layer.parts)
         for i, part in enumerate(layer.parts):
             use = _block_use(part.block)
-            for key, (limit, what) in LIMITS.items():
-                if use[key] > limit:
-                    unit = layer.shape[0] if layer.image else 1
-                    per = max(p.n for p in layer.parts)
-                    target = layer.source if layer.kind == "relay" else name
-                    if per <= unit or layer.kind == "relay" and program.layers[target].kind == "host":
-                        raise ResourceError(
-                            f"layer {name!r} (core {i}): {use[key]} {what} exceed the limit {limit} "
-                            f"even with one {'pixel' if layer.image else 'neuron'} per core"
-                        )
-                    shrink[target] = max(unit, per // 2 // unit * unit)
+            found = LOIHI_LIMITS.first_violation(use, name, f"core {i} of {len(layer.parts)}", scope="core")
+            if found is not None:
+                unit = layer.shape[0] if layer.image else 1
+                per = max(p.n for p in layer.parts)
+                target = layer.source if layer.kind == "relay" else name
+                if per <= unit or layer.kind == "relay" and program.layers[target].kind == "host":
+                    raise ResourceError(
+                        f"{found.message}, even with one {'pixel' if layer.image else 'neuron'} per core"
+                    )
+                shrink[target] = max(unit, per // 2 // unit * unit)
     if shrink:
         return shrink
     total = sum(cores_by_layer.values())
@@ -98,7 +90,7 @@ def _nengo_checks(program: Program) -> None:
     program.board_chips = board.n_chips
 
 
-def summarize(program: Program, cores_by_layer: dict[str, int]) -> dict:
+def summarize(program: Program, cores_by_layer: dict[str, int]) -> Resources:
     """Resource figures for the artifact and the report."""
     blocks = list(program.model.blocks)
     uses = [_block_use(b) for b in blocks]
@@ -124,27 +116,27 @@ def summarize(program: Program, cores_by_layer: dict[str, int]) -> dict:
             if rin is not None:
                 for m in rin.maps.values():
                     weights += m.n_weights()
-            per_layer[name] = {
-                "cores": len(layer.parts),
-                "compartments": int(sum(p.block.compartment.n_compartments for p in layer.parts)),
-                "neurons_per_core": int(max(p.n for p in layer.parts)),
-                "weights": int(weights),
-                "synapse_entries": int(entries),
-                "entries_per_weight": round(entries / weights, 3) if weights else None,
-                "kinds": sorted({"conv" if isinstance(m, ConvMap) and layer.image else "dense"
-                                 for m in rin.maps.values()}) if rin else [],
-            }
+            per_layer[name] = LayerResources(
+                name=name, kind=layer.kind, parts=len(layer.parts),
+                neurons_per_part=int(max(p.n for p in layer.parts)),
+                units=int(sum(p.block.compartment.n_compartments for p in layer.parts)),
+                weights=int(weights), synapse_entries=int(entries),
+                split=getattr(layer, "split_reason", ""),
+                inputs=tuple(sorted(rin.maps)) if rin else (),
+                connection_kinds=tuple(sorted({"conv" if isinstance(m, ConvMap) and layer.image else "dense"
+                                               for m in rin.maps.values()})) if rin else (),
+            )
         elif layer.kind == "relay":
-            per_layer[name] = {
-                "cores": len(layer.parts),
-                "compartments": int(sum(p.block.compartment.n_compartments for p in layer.parts)),
-            }
+            per_layer[name] = LayerResources(
+                name=name, kind="relay", parts=len(layer.parts),
+                neurons_per_part=int(max(p.n for p in layer.parts)),
+                units=int(sum(p.block.compartment.n_compartments for p in layer.parts)),
+                inputs=(layer.source,), connection_kinds=("relay",),
+            )
     program.layer_resources = per_layer
-    ir_weights = sum(v.get("weights", 0) for v in per_layer.values())
+    ir_weights = sum(v.weights for v in per_layer.values())
     total_bits = int(sum(u["synapse_bits"] for u in uses))
-    return {
-        "chips": int(getattr(program, "board_chips", -(-len(blocks) // program.config.cores_per_chip))),
-        "cores": len(blocks),
+    extra = {
         "compartments": int(sum(u["compartments"] for u in uses)),
         "synapse_memory_bits": total_bits,
         "synapse_memory_bits_data": int(data_bits),
@@ -153,16 +145,20 @@ def summarize(program: Program, cores_by_layer: dict[str, int]) -> dict:
         "synapse_bits_per_weight": round(data_bits / ir_weights, 2) if ir_weights else None,
         "input_axons": int(sum(u["in_axons"] for u in uses)),
         "output_axon_slots": int(sum(u["out_axons"] for u in uses)),
-        "max_core_use": ", ".join(f"{k} {max(u[k] for u in uses)}/{LIMITS[k][0]}" for k in LIMITS),
-        "time_steps_per_sample": int(program.period),
-        "latency_steps": int(program.readout_stage * program.K),
+        "max_core_use": ", ".join(f"{lim.name} {max(u[lim.name] for u in uses)}/{lim.value}"
+                                  for lim in CORE_LIMITS),
         "K": int(program.K),
         "cores_by_layer": ", ".join(f"{k} {v}" for k, v in cores_by_layer.items()),
-        "entries_per_weight_by_layer": ", ".join(
-            f"{k} {v['entries_per_weight']} ({'/'.join(v['kinds'])})"
-            for k, v in per_layer.items() if v.get("entries_per_weight") is not None
-        ),
     }
+    return Resources(
+        cores=len(blocks),
+        chips=int(getattr(program, "board_chips", -(-len(blocks) // program.config.cores_per_chip))),
+        neurons=int(sum(n for n in program.network.neuron_counts().values())),
+        time_steps_per_sample=int(program.period),
+        latency_steps=int(program.readout_stage * program.K),
+        layers=per_layer,
+        extra=extra,
+    )
 
 
 def program_maps(program: Program):

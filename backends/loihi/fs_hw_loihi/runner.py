@@ -13,6 +13,7 @@ from fs_hw.backend import NumericProfile, RunResult
 from fs_hw.dynamics import simulate_fs
 from fs_hw.errors import FSHWError, MissingDependencyError
 from fs_hw.reference.simulator import prepare_inputs
+from fs_hw_loihi.fixedpoint import CHIP_UNIT
 from fs_hw_loihi.program import Program
 
 
@@ -30,12 +31,6 @@ def has_hardware() -> bool:
     from nengo_loihi.hardware.nxsdk_shim import HAS_NXSDK
 
     return bool(HAS_NXSDK)
-
-
-def choose_runner(program: Program) -> str:
-    if program.config.emulator:
-        return "emulator"
-    return "hardware" if has_hardware() else "emulator"
 
 
 def host_spikes(program: Program, x_int: np.ndarray) -> np.ndarray:
@@ -72,7 +67,7 @@ def _queue_inputs(program: Program, train: np.ndarray) -> None:
 
 
 def run_program(program: Program, inputs: np.ndarray, profile: NumericProfile,
-                record_spikes: bool = True) -> RunResult:
+                record_spikes: bool = True, runner: str = "emulator") -> RunResult:
     net = program.network
     x_int = prepare_inputs(net, inputs, profile)
     N = len(x_int)
@@ -80,7 +75,6 @@ def run_program(program: Program, inputs: np.ndarray, profile: NumericProfile,
     in_train = host_spikes(program, x_int)
     _queue_inputs(program, in_train)
     steps = program.steps_for(N)
-    runner = choose_runner(program)
     t0 = time.perf_counter()
     probes = [tp.probe for layer in program.layers.values() if layer.kind in ("fs", "readout")
               for tp in layer.parts]
@@ -118,7 +112,10 @@ def run_program(program: Program, inputs: np.ndarray, profile: NumericProfile,
             rows = origins + layer.stage * K - 1
             for part in layer.parts:
                 v = data[id(part.probe)][rows].astype(np.int64)
-                out[:, part.neurons] = v - layer.range.offset[part.neurons][None, :]
+                # every input the chip adds is a multiple of CHIP_UNIT (see fixedpoint)
+                if np.any(v % CHIP_UNIT):
+                    raise TimingError(f"read-out {name!r}: membrane not a multiple of {CHIP_UNIT}")
+                out[:, part.neurons] = v // CHIP_UNIT - layer.range.offset[part.neurons][None, :]
                 if np.any(data[id(part.probe)] < 0):
                     raise TimingError(f"read-out {name!r}: negative membrane (clipping)")
             outputs = out.reshape(N, *layer.shape)

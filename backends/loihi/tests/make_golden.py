@@ -34,7 +34,7 @@ def main() -> int:
     backend = LoihiBackend()
     for name in CASES:
         net, x = golden_case(name)
-        art = backend.lower(net, {"emulator": True})
+        art = backend.lower(net, {})
         res = backend.run(art, x, record_spikes=True)
         ref = run_reference(art.network, x, "spike", art.profile, record_spikes=True)
         comp = conformance.compare_runs(ref, res)

@@ -58,7 +58,7 @@ def test_fs_deploy_bad_batch_size_is_one_line(tmp_path, capsys, value):
     cfg.write_text(f"[target]\nbatch_size = {value}\n")
     assert main(["--target", "loihi", "--emulator", "--config", str(cfg), "--samples", "1"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "batch_size: must be a positive integer" in lines[0]
+    assert len(lines) == 1 and "[target] batch_size: must be in [1, " in lines[0]
 
 
 @pytest.mark.slow  # fs-deploy end to end on nengo-loihi's emulator

@@ -16,7 +16,7 @@ from fs_hw.errors import ValidationError
         ({"chips": 0}, "chips", "must be in"),
         ({"chips": "2"}, "chips", "must be an integer"),
         ({"cores_per_chip": 129}, "cores_per_chip", "must be in"),
-        ({"emulator": "yes"}, "emulator", "true or false"),
+        ({"emulator": True}, "emulator", "unknown key"),  # the runner is chosen by --runner
         ({"batch_size": True}, "batch_size", "must be an integer"),
         ({"d_digits": 0}, "d_digits", "must be in"),
     ],
@@ -37,4 +37,4 @@ def test_K_mismatch_refused():
 
 def test_defaults():
     cfg = LoihiConfig.from_mapping({})
-    assert (cfg.chips, cfg.cores_per_chip, cfg.emulator) == (1, 128, False)
+    assert (cfg.chips, cfg.cores_per_chip, cfg.K) == (1, 128, None)

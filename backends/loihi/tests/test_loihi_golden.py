@@ -25,7 +25,7 @@ def test_golden(name):
     net, x = golden_case(name)
     np.testing.assert_array_equal(x, golden["inputs"])
     backend = LoihiBackend()
-    art = backend.lower(net, {"emulator": True})
+    art = backend.lower(net, {})
     for res in (
         backend.run(art, x, record_spikes=True),
         run_reference(art.network, x, "spike", art.profile, record_spikes=True),

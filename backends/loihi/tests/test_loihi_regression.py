@@ -17,7 +17,7 @@ from fs_hw.reference.simulator import run_reference
 def _check(net, x, config=None):
     backend = LoihiBackend()
     assert isinstance(backend, Backend)
-    art = backend.lower(net, {"emulator": True, **(config or {})})
+    art = backend.lower(net, dict(config or {}))
     res = backend.run(art, x, record_spikes=True)
     spike = run_reference(art.network, x, "spike", art.profile, record_spikes=True)
     fast = run_reference(art.network, x, "fast", art.profile, record_spikes=True)
@@ -43,21 +43,21 @@ def test_mlp_exact():
 def test_small_cnn_exact():
     net, x = conformance.scenario("conv", samples=10, seed=11)
     art, _ = _check(net, x)
-    assert "conv" in art.resources["entries_per_weight_by_layer"]
+    assert "conv" in art.resources.layers["fs1"].connection_kinds
 
 
 def test_residual_block_exact():
     net, x = conformance.scenario("residual", samples=10, seed=13)
     art, _ = _check(net, x)
     # the skip from stage 1 to stage 3 goes through one relay layer
-    assert "fs_stem@relay2" in art.resources["cores_by_layer"]
+    assert art.resources.layers["fs_stem@relay2"].kind == "relay"
 
 
 def test_skip_over_two_stages_and_from_input():
     net = skip_network()
     x = np.random.default_rng(0).uniform(0, 1, (9, 6))
     art, _ = _check(net, x, {"batch_size": 4})
-    assert "fs0@relay3" in art.resources["cores_by_layer"]
+    assert art.resources.layers["fs0@relay3"].kind == "relay"
 
 
 def test_fitted_code_rounding_is_noted_and_exact():

@@ -44,22 +44,26 @@ def _cnn(size, C=4, K=6, seed=0):
 
 def test_resources_reported():
     net, _ = conformance.scenario("mlp_relu_ge")
-    res = LoihiBackend().lower(net, {"emulator": True}).resources
-    for key in ("chips", "cores", "compartments", "synapse_memory_bits", "input_axons",
-                "output_axon_slots", "time_steps_per_sample", "latency_steps",
+    res = LoihiBackend().lower(net, {}).resources
+    assert res.chips == 1 and res.cores == 1 + len(res.layers)  # clock core + one per layer
+    assert res.neurons == sum(net.neuron_counts().values())
+    for key in ("compartments", "synapse_memory_bits", "input_axons", "output_axon_slots",
                 "synapse_entries_per_weight", "synapse_bits_per_weight"):
-        assert key in res, key
-    assert res["time_steps_per_sample"] == 2 * net.K
-    assert res["latency_steps"] == net.time_steps
+        assert isinstance(res.extra[key], (int, float)), key
+    assert res.time_steps_per_sample == 2 * net.K
+    assert res.latency_steps == net.time_steps
     # dense layers with full weight rows: exactly K synapse entries per weight
-    assert res["synapse_entries_per_weight"] == net.K
+    assert res.extra["synapse_entries_per_weight"] == net.K
+    for layer in res.layers.values():
+        assert layer.entries_per_weight == net.K and layer.connection_kinds == ("dense",)
+    assert res.to_dict()["layers"]["fs0"]["parts"] == 1
 
 
 def test_dense_layer_split_over_cores_by_memory():
-    art = LoihiBackend().lower(_mlp(784, 64), {"emulator": True})
-    layers = art.payload.layer_resources
-    assert layers["hidden"]["cores"] > 1
-    assert art.resources["chips"] == 1
+    art = LoihiBackend().lower(_mlp(784, 64), {})
+    layers = art.resources.layers
+    assert layers["hidden"].parts > 1
+    assert art.resources.chips == 1
     for block in art.payload.model.blocks:
         util = block.utilization()
         for used, limit in util.values():
@@ -67,21 +71,22 @@ def test_dense_layer_split_over_cores_by_memory():
 
 
 def test_conv_memory_grows_with_kernel_not_image():
-    small = LoihiBackend().lower(_cnn(6), {"emulator": True}).payload.layer_resources["f1"]
-    large = LoihiBackend().lower(_cnn(12), {"emulator": True}).payload.layer_resources["f1"]
-    assert small["weights"] == large["weights"] == 4 * 4 * 9
+    small = LoihiBackend().lower(_cnn(6), {}).resources.layers["f1"]
+    large = LoihiBackend().lower(_cnn(12), {}).resources.layers["f1"]
+    assert small.weights == large.weights == 4 * 4 * 9
     # each core stores the kernel (x K, x border patterns) once: per-core memory does not
     # grow with the image; a dense mapping would store n_in x n_out x K entries
-    assert large["cores"] > small["cores"]
-    assert large["synapse_entries"] / large["cores"] <= 1.2 * small["synapse_entries"] / small["cores"]
+    assert large.parts > small.parts
+    assert large.synapse_entries / large.parts <= 1.2 * small.synapse_entries / small.parts
     dense_equivalent = (4 * 144) ** 2 * 6
-    assert large["synapse_entries"] < 0.02 * dense_equivalent
+    # (parts hold fewer pixels since image layers use one discrete inhibition axon per compartment)
+    assert large.synapse_entries < 0.03 * dense_equivalent
 
 
 def test_refused_when_board_too_small():
     net = _mlp(784, 64)
     with pytest.raises(ResourceError) as err:
-        LoihiBackend().lower(net, {"emulator": True, "chips": 1, "cores_per_chip": 3})
+        LoihiBackend().lower(net, {"chips": 1, "cores_per_chip": 3})
     msg = str(err.value)
     assert "layer 'hidden'" in msg
     assert "1 chip(s) x 3 cores = 3 cores" in msg
@@ -91,14 +96,14 @@ def test_refused_when_board_too_small():
 def test_refused_when_fan_in_exceeds_a_core():
     net = _mlp(12000, 2)
     with pytest.raises(ResourceError) as err:
-        LoihiBackend().lower(net, {"emulator": True})
+        LoihiBackend().lower(net, {})
     msg = str(err.value)
     assert "layer 'hidden'" in msg
     assert "synapse memory bits per core" in msg
-    assert "limit 1048576" in msg
+    assert "limit 1048576" in msg or "the limit 1048576" in msg
 
 
 def test_several_chips():
-    art = LoihiBackend().lower(_mlp(784, 64), {"emulator": True, "chips": 4, "cores_per_chip": 4})
-    assert 1 < art.resources["chips"] <= 4
-    assert art.resources["cores"] <= 16
+    art = LoihiBackend().lower(_mlp(784, 64), {"chips": 4, "cores_per_chip": 4})
+    assert 1 < art.resources.chips <= 4
+    assert art.resources.cores <= 16
