@@ -40,7 +40,8 @@ from fs_hw.ir.nodes import Node
 from fs_hw_loihi.config import LoihiConfig
 from fs_hw_loihi.fixedpoint import quantize_mantissa, round_to_digits
 
-MEMBRANE_BITS = 24
+#: Loihi's 24-bit membrane in the program's units of 64 chip steps (fixedpoint.CHIP_UNIT)
+MEMBRANE_BITS = 18
 SUPPORTED = (Input, Dense, Conv2d, AvgPool2d, Flatten, Add, FSActivation, Readout)
 
 
@@ -52,8 +53,8 @@ def loihi_numeric_profile(input_scale: float) -> NumericProfile:
         input_scale=float(input_scale),
         input_rounding="floor",
         description=(
-            "Loihi: integer weights (7-bit mantissa x 2^k), integer FS tables, "
-            "24-bit membrane; inputs scaled and floored by the host"
+            "Loihi: integer weights (7-bit mantissa x 2^k), integer FS tables, in units of 64 "
+            "chip steps (24-bit membrane = 18 bits of units); inputs scaled and floored by the host"
         ),
     )
 

@@ -69,7 +69,7 @@ def test_fitted_code_rounding_is_noted_and_exact():
 def test_profile_is_integer_and_close_to_float():
     net, x = conformance.scenario("mlp_relu_ge", samples=200, seed=1)
     int_net, profile, notes = loihi_profile(net)
-    assert profile.dtype == "int64" and profile.membrane_bits == 24
+    assert profile.dtype == "int64" and profile.membrane_bits == 18
     for node in int_net.nodes:
         for arr in node.arrays().values():
             assert np.array_equal(arr, np.round(arr))
