@@ -331,7 +331,7 @@ def _run_and_write(args, backend, network, network_path, target_config, runner, 
         lambda x: run_reference(artifact.network, x, "fast", artifact.profile, record_spikes=True),
         images, 200, "reference (target profile)",
     )
-    comparison = compare_runs(expected, result)
+    comparison = compare_runs(expected, result, input_name=network.input.name)
     if artifact.profile == FLOAT64 and artifact.network is network:
         float_fs = expected
     else:
@@ -355,6 +355,8 @@ def _run_and_write(args, backend, network, network_path, target_config, runner, 
         "agreement": comparison.agreement,
         "spike_mismatches": comparison.spike_mismatches,
         "spikes_compared": comparison.spikes_compared,
+        "input_spikes_compared": comparison.input_spikes_compared,
+        "readout_max_abs_diff": comparison.readout_max_abs_diff,
         "first_mismatch": comparison.first_mismatch or None,
         "spikes_per_neuron": result.spikes_per_neuron(input_name=input_name),
         "spikes_per_neuron_with_input": result.spikes_per_neuron(include_input=True),

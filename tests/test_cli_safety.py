@@ -221,7 +221,7 @@ def test_internal_error_at_process_level(tmp_path):
     script = textwrap.dedent("""
         import sys
         from fs_hw import cli
-        cli.compare_runs = lambda *a: 1 / 0
+        cli.compare_runs = lambda *a, **k: 1 / 0
         sys.exit(cli.main(sys.argv[1:]))
     """)
     proc = subprocess.run([sys.executable, "-c", script, *QUICK], capture_output=True, text=True,
@@ -350,7 +350,7 @@ def test_locks_are_removed_after_success_and_failure(tmp_path, capsys, monkeypat
     exported = sorted(p.name for p in out.iterdir())
     assert exported == ["network.fsnet", "reference.json", "spikes_per_layer.png"]
     strict_json(out / "reference.json")
-    monkeypatch.setattr(cli, "compare_runs", lambda *a: 1 / 0)
+    monkeypatch.setattr(cli, "compare_runs", lambda *a, **k: 1 / 0)
     assert main([*QUICK, "--out", str(out), "--force", "--report", str(report)]) == 3
     capsys.readouterr()
     assert leftovers(tmp_path) == [] and leftovers(out) == []
