@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fs_hw.ir import FSActivation, Network, Readout
+from fs_hw.lower.maps import ConvMap, DenseMap, IdentityMap, ReceiverInput, receiver_inputs
 from fs_hw_loihi.fixedpoint import Q_LIMIT, V_LIMIT, VTH_MAX, vth_round_up
-from fs_hw_loihi.maps import ConvMap, DenseMap, IdentityMap, ReceiverInput, receiver_inputs
 
 
 @dataclass

@@ -50,6 +50,7 @@ from nengo_loihi.probe import LoihiProbe
 
 from fs_hw.errors import ResourceError, UnsupportedError
 from fs_hw.ir import FSActivation, Network, Readout
+from fs_hw.lower.maps import ConvMap, ReceiverInput, receiver_inputs
 from fs_hw_loihi.bounds import LayerRange, layer_ranges
 from fs_hw_loihi.config import LoihiConfig
 from fs_hw_loihi.fixedpoint import (
@@ -60,7 +61,6 @@ from fs_hw_loihi.fixedpoint import (
     synapse_exponent,
     weight_planes,
 )
-from fs_hw_loihi.maps import ConvMap, ReceiverInput, receiver_inputs
 
 MAX_SYNAPSE_FORMATS = 15  # 16 format slots per core, slot 0 unused by nengo-loihi
 MAX_ATOMS = 1024
@@ -317,6 +317,8 @@ class Lowering:
     def _conv_synapses(self, src: Layer, tp: Part, Kt: int, cm: ConvMap, label: str) -> list[_Pending]:
         Co, Ci, kh, kw = cm.kernel.shape
         _, H, W = cm.in_shape
+        # source rows/cols the map does not read (a pooling's dropped tail) get no synapse
+        Hu, Wu = cm.in_used if cm.in_used is not None else (H, W)
         _, Ho, Wo = cm.out_shape
         (sh, sw), (ph, pw) = cm.stride, cm.padding
         q0, q1 = tp.pixels
@@ -324,12 +326,12 @@ class Lowering:
         patterns: dict[tuple, int] = {}
         pattern_list: list[tuple] = []
         pix_axon: dict[int, tuple[int, int]] = {}  # source pixel -> (weight idx, base of t=0)
-        for r in range(H):
+        for r in range(Hu):
             ys = [y for y in range(max(0, -(-(r + ph - kh + 1) // sh)), min(Ho - 1, (r + ph) // sh) + 1)
                   if 0 <= r + ph - y * sh < kh]
             if not ys:
                 continue
-            for col in range(W):
+            for col in range(Wu):
                 entries = []
                 for y in ys:
                     dy = r + ph - y * sh

@@ -109,7 +109,7 @@ def summarize(program: Program, cores_by_layer: dict[str, int]) -> Resources:
         data_entries += entries
         data_bits += bits
         if layer.kind in ("fs", "readout"):
-            from fs_hw_loihi.maps import ConvMap
+            from fs_hw.lower.maps import ConvMap
 
             rin = program_maps(program).get(name)
             weights = 0
@@ -162,7 +162,7 @@ def summarize(program: Program, cores_by_layer: dict[str, int]) -> Resources:
 
 
 def program_maps(program: Program):
-    from fs_hw_loihi.maps import receiver_inputs
+    from fs_hw.lower.maps import receiver_inputs
 
     cache = getattr(program, "_maps", None)
     if cache is None:
