@@ -1,11 +1,20 @@
 """Conformance kit for backend authors.
 
-A backend conforms when, on every standard scenario it supports, its spikes equal
-the reference's spike for spike (every node, sample, step and neuron) and its predicted
-classes equal the reference's. The reference here is :func:`run_reference` on the
-artifact's own ``network`` and ``profile``: what the backend says its chip computes.
+A backend conforms when, on every standard scenario it supports, the spikes its target
+produced equal the reference's spike for spike (every node, sample, step and neuron) and
+its read-out values equal the reference's (not only the predicted classes). The
+reference here is :func:`run_reference` on the artifact's own ``network`` and
+``profile`` (what the backend says its chip computes), in both its ``spike`` and
+``fast`` modes. The host-encoded input layer is counted apart: the host, not the chip,
+computed its spike code. A backend declares scenarios it cannot run in
+``unsupported_scenarios`` (name -> why; skipped with the reason) and how close it must
+be in ``exactness`` (``"bit-exact"``, the default, or a stated tolerance).
 
-Use it from a backend's tests::
+Run the whole kit against an installed backend with the shipped pytest suite::
+
+    pytest --pyargs fs_hw.testing -p no:nengo --fs-backend NAME [--fs-backend-config my.toml]
+
+or use it from a backend's own tests::
 
     import pytest
     from fs_hw import conformance
@@ -17,6 +26,7 @@ Use it from a backend's tests::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -24,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from fs_hw.backend import Backend, RunResult
+from fs_hw.backend import BIT_EXACT, Backend, Exactness, RunResult
 from fs_hw.codes import published_codes, relu_code, shipped_codes
 from fs_hw.ir import Add, AvgPool2d, Conv2d, Dense, Flatten, FSActivation, Input, Network, Readout
 from fs_hw.ir.code import FSCode
@@ -135,9 +145,34 @@ def scenario(name: str, samples: int = 8, seed: int = 0) -> tuple[Network, np.nd
     return net, inputs
 
 
+@dataclass(frozen=True)
+class Mismatch:
+    """Where two runs first differ: a spike (``node``, ``sample``, ``step``, ``neuron``) or,
+    with ``node`` ``None``, a read-out shape."""
+
+    node: str | None
+    sample: int = -1
+    step: int = -1
+    neuron: tuple[int, ...] = ()
+    expected: int = 0
+    got: int = 0
+    detail: str = ""
+
+    def __str__(self) -> str:
+        if self.detail:
+            return self.detail
+        return (f"node {self.node!r}: sample {self.sample}, step {self.step}, neuron {self.neuron}: "
+                f"expected {self.expected}, got {self.got}")
+
+
 @dataclass
 class Comparison:
-    """Spike-for-spike comparison of two runs."""
+    """Spike-for-spike and read-out comparison of two runs.
+
+    Spike counts are the spikes the target produced (every FS node but the input); the
+    host-encoded input layer (``input_name`` of :func:`compare_runs`) is reported apart
+    in ``input_spikes_compared`` / ``input_mismatches``.
+    """
 
     spike_mismatches: int
     spikes_compared: int
@@ -150,15 +185,49 @@ class Comparison:
     #: read-out values: largest absolute difference (0.0 when equal)
     readout_max_abs_diff: float = 0.0
     readout_max_abs: float = 0.0  # largest |expected read-out|, the scale of the difference
+    #: the first difference as data (``first_mismatch`` is its text); ``None`` when none
+    first_mismatch_at: Mismatch | None = None
+    #: the reference mode this run was compared with ("spike" or "fast"), when known
+    reference_mode: str = ""
+
+    # names of the conformance report (aliases of the fields above)
+    @property
+    def compared_spikes(self) -> int:
+        return self.spikes_compared
+
+    @property
+    def mismatches(self) -> int:
+        return self.spike_mismatches
+
+    @property
+    def input_spikes(self) -> int:
+        return self.input_spikes_compared
+
+    @property
+    def spike_mismatch_fraction(self) -> float:
+        return self.spike_mismatches / max(self.spikes_compared, 1)
 
     @property
     def exact(self) -> bool:
+        """Every spike (input layer included) and every predicted class equal."""
         return (self.spike_mismatches == 0 and self.input_mismatches == 0 and not self.missing_nodes
                 and self.agreement == 1.0)
 
     @property
     def readout_equal(self) -> bool:
         return self.readout_max_abs_diff == 0.0
+
+    def readout_close(self, rtol: float = 1e-9) -> bool:
+        """Read-outs equal to ``rtol`` of their scale (float64 sums in another order)."""
+        return self.readout_max_abs_diff <= rtol * max(1.0, self.readout_max_abs)
+
+    def summary(self) -> str:
+        mode = f" (reference mode {self.reference_mode!r})" if self.reference_mode else ""
+        return (f"{self.spike_mismatches} spike mismatches of {self.spikes_compared} target spikes"
+                f"{mode} (fraction {self.spike_mismatch_fraction:.3g}; input layer: {self.input_mismatches} of "
+                f"{self.input_spikes_compared}), agreement {self.agreement}, read-out max |diff| "
+                f"{self.readout_max_abs_diff:g} (scale {self.readout_max_abs:g}), missing {self.missing_nodes}; "
+                f"first: {self.first_mismatch or 'none'}")
 
 
 def compare_runs(expected: RunResult, actual: RunResult, input_name: str | None = None) -> Comparison:
@@ -169,17 +238,19 @@ def compare_runs(expected: RunResult, actual: RunResult, input_name: str | None 
         raise ValueError("both runs need record_spikes=True")
     mismatches = compared = in_mismatches = in_compared = 0
     missing: list[str] = []
-    first = ""
+    first: Mismatch | None = None
     for name, want in expected.spike_trains.items():
         got = actual.spike_trains.get(name)
-        if got is None:
+        if got is None or got.shape != want.shape:
             missing.append(name)
-            mismatches += int(want.sum())
-            continue
-        if got.shape != want.shape:
-            missing.append(name)
-            first = first or f"node {name!r}: spike train shape {got.shape}, expected {want.shape}"
-            mismatches += int(want.sum())
+            if name == input_name:
+                in_mismatches += int(want.sum())
+            else:
+                mismatches += int(want.sum())
+            if got is not None and first is None:
+                first = Mismatch(name, detail=f"node {name!r}: spike train shape {got.shape}, expected {want.shape}")
+            elif first is None:
+                first = Mismatch(name, detail=f"node {name!r}: no spike train recorded")
             continue
         diff = got != want
         if name == input_name:
@@ -188,74 +259,146 @@ def compare_runs(expected: RunResult, actual: RunResult, input_name: str | None 
         else:
             compared += int(want.size)
             mismatches += int(diff.sum())
-        if diff.any() and not first:
+        if first is None and diff.any():
             idx = tuple(int(i) for i in np.argwhere(diff)[0])
-            first = (
-                f"node {name!r}: sample {idx[0]}, step {idx[1]}, neuron {idx[2:]}: "
-                f"expected {int(want[idx])}, got {int(got[idx])}"
-            )
+            first = Mismatch(name, idx[0], idx[1], idx[2:], int(want[idx]), int(got[idx]))
     agreement = float(np.mean(expected.predictions == actual.predictions)) if len(expected.predictions) else 1.0
     want_out = np.asarray(expected.outputs, np.float64)
     got_out = np.asarray(actual.outputs, np.float64)
     if want_out.shape != got_out.shape:
         readout_diff = float("inf")
-        first = first or f"read-out shape {got_out.shape}, expected {want_out.shape}"
+        if first is None:
+            first = Mismatch(None, detail=f"read-out shape {got_out.shape}, expected {want_out.shape}")
     else:
         readout_diff = float(np.abs(want_out - got_out).max(initial=0.0))
-    return Comparison(mismatches, compared, agreement, missing, first, in_compared, in_mismatches, readout_diff,
-                      float(np.abs(want_out).max(initial=0.0)))
+    return Comparison(mismatches, compared, agreement, missing, str(first) if first else "", in_compared,
+                      in_mismatches, readout_diff, float(np.abs(want_out).max(initial=0.0)), first)
 
 
-def check_backend(backend: Backend, name: str, config: Mapping[str, Any] | None = None,
-                  samples: int = 8) -> tuple[Comparison | None, str]:
-    """Run one scenario on ``backend``; returns (comparison, "") or (None, skip reason)."""
+#: the reference's two modes: spike-level (global time steps) and decoded (fast)
+REFERENCE_MODES: tuple[str, ...] = ("spike", "fast")
+
+
+def as_exactness(value: Any) -> Exactness:
+    """A backend's ``exactness`` as an :class:`Exactness`: ``None`` or ``"bit-exact"``
+    (bit-exact), an ``Exactness``, a mapping or any object with ``spike_mismatch_fraction``
+    / ``readout_atol`` (a tolerance; missing figures are 0)."""
+    if value is None:
+        return BIT_EXACT
+    if isinstance(value, Exactness):
+        return value
+    if isinstance(value, str):
+        if value != "bit-exact":
+            raise ValueError(f"exactness must be 'bit-exact' or a stated tolerance, got {value!r}")
+        return BIT_EXACT
+    if isinstance(value, Mapping):
+        items = dict(value)
+    elif dataclasses.is_dataclass(value):
+        items = dataclasses.asdict(value)
+    else:
+        items = {k: getattr(value, k) for k in ("kind", "spike_mismatch_fraction", "readout_atol", "why")
+                 if hasattr(value, k)}
+    unknown = sorted(set(items) - {"kind", "spike_mismatch_fraction", "readout_atol", "why"})
+    if unknown:
+        raise ValueError(f"exactness: unknown fields {unknown}; known: kind, spike_mismatch_fraction, "
+                         f"readout_atol, why")
+    kind = items.pop("kind", None)
+    if kind is None:
+        kind = "tolerance" if ("spike_mismatch_fraction" in items or "readout_atol" in items) else "bit-exact"
+    return Exactness(kind=kind, **{k: (v if k == "why" else float(v)) for k, v in items.items()})
+
+
+def _declared_unsupported(backend: Any) -> dict[str, str]:
     declared = dict(getattr(backend, "unsupported_scenarios", {}) or {})
     unknown = sorted(set(declared) - set(SCENARIOS))
     if unknown:
-        raise ValueError(f"{backend.name}: unsupported_scenarios names unknown scenarios {unknown}; "
-                         f"known: {SCENARIOS}")
+        raise ValueError(f"{getattr(backend, 'name', backend)}: unsupported_scenarios names unknown scenarios "
+                         f"{unknown}; known: {SCENARIOS}")
+    return declared
+
+
+def skip_reason(backend: Backend, name: str, network: Network | None = None) -> str:
+    """Why ``backend`` does not run scenario ``name`` ("" when it does): declared in its
+    ``unsupported_scenarios``, or node kinds / firing rules outside its capabilities."""
+    declared = _declared_unsupported(backend)
+    if name not in SCENARIOS:
+        raise KeyError(f"unknown scenario {name!r}; known: {SCENARIOS}")
     if name in declared:
-        return None, f"{backend.name} declares scenario {name!r} unsupported: {declared[name]}"
-    network, inputs = scenario(name, samples)
+        return f"{backend.name} declares scenario {name!r} unsupported: {declared[name]}"
+    if network is None:
+        network, _ = scenario(name, 1)
     caps = backend.capabilities
     kinds = {node.kind for node in network.nodes}
     unsupported = sorted(kinds - set(caps.node_kinds))
     if unsupported:
-        return None, f"{backend.name} does not support node kinds {unsupported}"
+        return f"{backend.name} does not support node kinds {unsupported}"
     rules = {c.rule for c in network.codes.values()}
     if not rules <= set(caps.firing_rules):
-        return None, f"{backend.name} does not support firing rules {sorted(rules - set(caps.firing_rules))}"
+        return f"{backend.name} does not support firing rules {sorted(rules - set(caps.firing_rules))}"
+    return ""
+
+
+def check_backend_modes(backend: Backend, name: str, config: Mapping[str, Any] | None = None, samples: int = 8,
+                        modes: tuple[str, ...] = REFERENCE_MODES) -> tuple[dict[str, Comparison] | None, str]:
+    """Lower and run one scenario on ``backend`` once, and compare it with the reference in
+    each of ``modes``; returns ({mode: comparison}, "") or (None, skip reason)."""
+    network, inputs = scenario(name, samples)
+    reason = skip_reason(backend, name, network)
+    if reason:
+        return None, reason
     artifact = backend.lower(network, dict(config or {}))
     actual = backend.run(artifact, inputs, record_spikes=True)
-    expected = run_reference(artifact.network, inputs, mode="fast", profile=artifact.profile, record_spikes=True)
-    return compare_runs(expected, actual, input_name=network.input.name), ""
+    out = {}
+    for mode in modes:
+        expected = run_reference(artifact.network, inputs, mode=mode, profile=artifact.profile, record_spikes=True)
+        comparison = compare_runs(expected, actual, input_name=network.input.name)
+        comparison.reference_mode = mode
+        out[mode] = comparison
+    return out, ""
+
+
+def _badness(c: Comparison) -> tuple:
+    return (len(c.missing_nodes), c.spike_mismatches + c.input_mismatches, 1.0 - c.agreement, c.readout_max_abs_diff)
+
+
+def check_backend(backend: Backend, name: str, config: Mapping[str, Any] | None = None,
+                  samples: int = 8, modes: tuple[str, ...] = REFERENCE_MODES) -> tuple[Comparison | None, str]:
+    """Run one scenario on ``backend``; returns (comparison, "") or (None, skip reason).
+
+    The run is compared with the reference in every one of ``modes``; the comparison
+    returned is the worst of them (the first mode on a tie)."""
+    comparisons, reason = check_backend_modes(backend, name, config, samples, modes)
+    if comparisons is None:
+        return None, reason
+    return max(comparisons.values(), key=_badness), ""
 
 
 def assert_conforms(backend: Backend, name: str, config: Mapping[str, Any] | None = None,
-                    samples: int = 8) -> None:
+                    samples: int = 8, modes: tuple[str, ...] = REFERENCE_MODES) -> dict[str, Comparison]:
     """pytest helper: skip if unsupported, fail with the first mismatch otherwise.
 
-    A bit-exact backend must equal the reference in every spike and every read-out value
-    (float profiles: read-outs to 1e-9 relative, the reference's own float64 reordering);
-    a backend declaring a tolerance (``exactness``) is held to it.
+    The backend's run is compared with the reference in each of ``modes``. A bit-exact
+    backend (``exactness`` absent or ``"bit-exact"``) must equal the reference in every
+    spike and every read-out value (integer profiles: exactly; float64 profiles: to 1e-9
+    relative, the reference's own float64 reordering); a backend declaring a tolerance
+    is held to it, and the measured figures are printed. Returns the comparisons.
     """
-    comparison, reason = check_backend(backend, name, config, samples)
-    if comparison is None:
+    comparisons, reason = check_backend_modes(backend, name, config, samples, modes)
+    if comparisons is None:
         import pytest
 
         pytest.skip(reason)
-    exactness = getattr(backend, "exactness", None)
-    where = (f"{backend.name} on scenario {name!r}: {comparison.spike_mismatches} spike mismatches of "
-             f"{comparison.spikes_compared} target spikes (input layer: {comparison.input_mismatches} of "
-             f"{comparison.input_spikes_compared}), agreement {comparison.agreement}, read-out max |diff| "
-             f"{comparison.readout_max_abs_diff:g}, missing {comparison.missing_nodes}; "
-             f"first: {comparison.first_mismatch}")
-    if exactness is None or exactness.bit_exact:
-        assert comparison.exact, where
-        # float64 profiles add the same terms in another order: last bits may differ
-        assert comparison.readout_max_abs_diff <= 1e-9 * max(1.0, comparison.readout_max_abs), where
-    else:
-        fraction = comparison.spike_mismatches / max(comparison.spikes_compared, 1)
-        assert not comparison.missing_nodes, where
-        assert fraction <= exactness.spike_mismatch_fraction, where
-        assert comparison.readout_max_abs_diff <= exactness.readout_atol, where
+    exactness = as_exactness(getattr(backend, "exactness", None))
+    for comparison in comparisons.values():
+        where = f"{backend.name} on scenario {name!r}: {comparison.summary()}"
+        if exactness.bit_exact:
+            assert comparison.exact, where
+            # float64 profiles add the same terms in another order: last bits may differ
+            assert comparison.readout_close(1e-9), where
+        else:
+            print(f"{where}; tolerance: spike fraction <= {exactness.spike_mismatch_fraction:g}, "
+                  f"read-out |diff| <= {exactness.readout_atol:g}")
+            assert not comparison.missing_nodes, where
+            assert comparison.spike_mismatch_fraction <= exactness.spike_mismatch_fraction, where
+            assert comparison.readout_max_abs_diff <= exactness.readout_atol, where
+    return comparisons
