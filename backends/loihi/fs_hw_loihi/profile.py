@@ -89,7 +89,7 @@ def fit_profile(network: Network, config=None, calibration: np.ndarray | None = 
     """:func:`loihi_profile` plus the units chosen (used by the lowering).
 
     ``calibration``: inputs whose measured partial sums (widened by
-    ``bounds.DATA_MARGIN``) replace the worst case of every spike pattern where that is
+    ``fs_hw.lower.ranges.DATA_MARGIN``) replace the worst case of every spike pattern where that is
     tighter; without it every constant covers every possible spike pattern.
     """
     cfg = config if isinstance(config, LoihiConfig) else LoihiConfig.from_mapping(config)
@@ -115,13 +115,14 @@ def fit_profile(network: Network, config=None, calibration: np.ndarray | None = 
 
 
 def _fit_with(network: Network, cfg: LoihiConfig, calibration: np.ndarray | None):
-    from fs_hw_loihi.bounds import check_ranges, observe_ranges
+    from fs_hw.lower.ranges import observe
+    from fs_hw_loihi.bounds import check_ranges
 
     coarsen: dict[str, int] = {}
     for _ in range(24):
         q = _Quantizer(network, cfg, coarsen)
         int_net, profile, notes, info = q.run()
-        observed = None if calibration is None else observe_ranges(int_net, profile, calibration)
+        observed = None if calibration is None else observe(int_net, profile, calibration)
         failing = check_ranges(int_net, observed)
         if not failing:
             info.observed = observed

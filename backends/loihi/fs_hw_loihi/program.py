@@ -38,8 +38,6 @@ from typing import Any
 import numpy as np
 from nengo_loihi.block import (
     MAX_COMPARTMENTS,
-    MAX_IN_AXONS,
-    MAX_SYNAPSE_BITS,
     Axon,
     LoihiBlock,
     Synapse,
@@ -51,8 +49,9 @@ from nengo_loihi.probe import LoihiProbe
 from fs_hw.errors import ResourceError, UnsupportedError
 from fs_hw.ir import FSActivation, Network, Readout
 from fs_hw.lower.maps import ConvMap, ReceiverInput, receiver_inputs
+from fs_hw.lower.partition import PartSpec, layer_parts, partition_layer
 from fs_hw_loihi.bounds import LayerRange, layer_ranges
-from fs_hw_loihi.config import LoihiConfig
+from fs_hw_loihi.config import LOIHI_LIMITS, LoihiConfig
 from fs_hw_loihi.fixedpoint import (
     CHIP_UNIT,
     chip_weight_exp,
@@ -62,7 +61,6 @@ from fs_hw_loihi.fixedpoint import (
     weight_planes,
 )
 
-MAX_SYNAPSE_FORMATS = 15  # 16 format slots per core, slot 0 unused by nengo-loihi
 MAX_ATOMS = 1024
 RELAY_VTH = 128
 #: largest compartment base of an axon (nengo-loihi's hardware builder asserts it)
@@ -76,15 +74,24 @@ RING_WEIGHT = 128
 class Part:
     """One core's share of a layer (or one host input chunk)."""
 
-    neurons: np.ndarray  # IR flat indices, in local order
+    neurons: np.ndarray  # IR flat indices, in local order (images: pixel-major, then channel)
     block: Any = None  # LoihiBlock, or None for host parts
-    pixels: tuple[int, int] | None = None  # pixel range for image layers
+    pixels: tuple[int, int] | None = None  # pixel range [q0, q1) of image layers
+    channels: tuple[int, int] | None = None  # channel range [f0, f1) of image layers
     probe: LoihiProbe | None = None
     inputs: dict[tuple[int, int], SpikeInput] = field(default_factory=dict)  # host: (stage, s) -> input
 
     @property
     def n(self) -> int:
         return len(self.neurons)
+
+    @property
+    def n_channels(self) -> int:
+        return self.channels[1] - self.channels[0]
+
+    @classmethod
+    def of(cls, spec: PartSpec) -> Part:
+        return cls(spec.neurons, pixels=spec.pixels, channels=spec.channels)
 
 
 @dataclass
@@ -100,6 +107,7 @@ class Layer:
     parts: list[Part] = field(default_factory=list)
     range: LayerRange | None = None
     source: str | None = None  # relays: the layer they delay
+    split_reason: str = ""  # why the partitioner chose this split (fs_hw.lower.partition)
 
     @property
     def image(self) -> bool:
@@ -196,28 +204,6 @@ def _formats(synapses: list[Synapse]) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# partition helpers
-def _parts_for(layer: Layer, per_core: int) -> list[Part]:
-    """Split a layer into parts of at most ``per_core`` neurons (images: whole pixels)."""
-    if layer.image:
-        C, H, W = layer.shape
-        pix_per = max(1, per_core // C)
-        n_pix = H * W
-        n_parts = -(-n_pix // pix_per)
-        size = -(-n_pix // n_parts)
-        parts = []
-        for p0 in range(0, n_pix, size):
-            p1 = min(n_pix, p0 + size)
-            neurons = np.array([c * n_pix + p for p in range(p0, p1) for c in range(C)], np.int64)
-            parts.append(Part(neurons, pixels=(p0, p1)))
-        return parts
-    n = layer.n
-    n_parts = -(-n // per_core)
-    size = -(-n // n_parts)
-    return [Part(np.arange(a, min(n, a + size), dtype=np.int64)) for a in range(0, n, size)]
-
-
-# ---------------------------------------------------------------------------------------
 class Lowering:
     """Builds a :class:`Program` from an integer network (see the module docstring)."""
 
@@ -253,7 +239,7 @@ class Lowering:
             relay = Layer(key, "relay", layer.shape, self.K, stage, d=layer.d, source=src)
             relay.parts = []
             for i, p in enumerate(prev.parts):
-                part = Part(p.neurons.copy(), pixels=p.pixels)
+                part = Part(p.neurons.copy(), pixels=p.pixels, channels=p.channels)
                 part.block = _block(f"{key}[{i}]", part.n * self.K, RELAY_VTH)
                 relay.parts.append(part)
                 self._relay_synapse(prev, p, part, key, i)
@@ -322,6 +308,8 @@ class Lowering:
         _, Ho, Wo = cm.out_shape
         (sh, sw), (ph, pw) = cm.stride, cm.padding
         q0, q1 = tp.pixels
+        f0, f1 = tp.channels
+        Cp = f1 - f0
         G = 256 - (Kt - 1)
         patterns: dict[tuple, int] = {}
         pattern_list: list[tuple] = []
@@ -342,9 +330,9 @@ class Lowering:
                         q = y * Wo + x
                         if not q0 <= q < q1:
                             continue
-                        for f in range(Co):
+                        for f in range(f0, f1):
                             if cm.kernel[f, :, dy, dx].any():
-                                entries.append((((q - q0) * Co + f) * Kt, f, dy, dx))
+                                entries.append((((q - q0) * Cp + f - f0) * Kt, f, dy, dx))
                 if not entries:
                     continue
                 base = min(e[0] for e in entries)
@@ -384,8 +372,8 @@ class Lowering:
                         n_pix = pb - pa
                         comp = np.arange(sp.n) * K if src.kind == "host" else np.arange(sp.n * K)
                         neuron = comp // K
-                        pix = pa + neuron // Ci
-                        ch = neuron % Ci
+                        pix = pa + neuron // sp.n_channels
+                        ch = sp.channels[0] + neuron % sp.n_channels
                         valid = np.isin(pix, pixels)
                         if src.kind != "host":
                             valid &= comp % K == s
@@ -498,9 +486,11 @@ class Lowering:
         return out
 
     # -- partition --------------------------------------------------------------------
-    def _trial(self, layer: Layer, per_core: int) -> dict[str, int]:
-        """Resources of the first (largest) core of ``layer`` split ``per_core`` neurons a core."""
-        part = _parts_for(layer, per_core)[0]
+    def _cost(self, layer: Layer, spec: PartSpec) -> dict[str, int]:
+        """What one core holding ``spec`` of ``layer`` uses: its synapses are built and
+        counted with nengo-loihi's own ``Synapse.bits`` (output axons are checked on the
+        whole program, see :func:`fs_hw_loihi.resources.check_program`)."""
+        part = Part.of(spec)
         part.block = _block("trial", part.n * layer.K, 64)
         syns = [p.synapse for p in self._incoming(layer, part, "trial")]
         if layer.kind == "fs":
@@ -516,53 +506,14 @@ class Lowering:
             "formats": _formats(syns),
         }
 
-    LIMITS = {
-        "compartments": MAX_COMPARTMENTS,
-        "in_axons": MAX_IN_AXONS,
-        "synapse_bits": MAX_SYNAPSE_BITS,
-        "formats": MAX_SYNAPSE_FORMATS,
-    }
-    LIMIT_NAMES = {
-        "compartments": "compartments per core",
-        "in_axons": "input axons per core",
-        "synapse_bits": "synapse memory bits per core",
-        "formats": "synapse formats per core",
-    }
-
-    def _fits(self, use: dict[str, int]) -> str | None:
-        for key, limit in self.LIMITS.items():
-            if use[key] > limit:
-                return key
-        return None
-
-    def _choose_per_core(self, layer: Layer) -> int:
-        unit = layer.shape[0] if layer.image else 1
-        hi = max(unit, (MAX_COMPARTMENTS // layer.K) // unit * unit)
-        hi = min(hi, max(unit, layer.n))
+    def _partition(self, layer: Layer) -> list[Part]:
+        cap = MAX_COMPARTMENTS // layer.K
         if layer.name in self.per_core_override:
-            hi = min(hi, max(unit, self.per_core_override[layer.name]))
-        use = self._trial(layer, hi)
-        if self._fits(use) is None:
-            return hi
-        lo_use = self._trial(layer, unit)
-        bad = self._fits(lo_use)
-        if bad is not None:
-            raise ResourceError(
-                f"layer {layer.name!r}: one {'pixel' if layer.image else 'neuron'} per core already needs "
-                f"{lo_use[bad]} {self.LIMIT_NAMES[bad]} (limit {self.LIMITS[bad]}); "
-                f"K={self.K} compartments per neuron, fan-in too large for a Loihi core"
-            )
-        lo = unit  # fits
-        hi_bad = hi
-        while hi_bad - lo > unit:
-            mid = (lo + hi_bad) // 2 // unit * unit
-            if mid <= lo:
-                break
-            if self._fits(self._trial(layer, mid)) is None:
-                lo = mid
-            else:
-                hi_bad = mid
-        return lo
+            cap = min(cap, self.per_core_override[layer.name])
+        split = partition_layer(layer.name, layer.shape, lambda spec: self._cost(layer, spec), LOIHI_LIMITS,
+                                max_neurons=max(1, cap), unit_name="compartments", units_per_neuron=layer.K)
+        layer.split_reason = split.why
+        return [Part.of(spec) for spec in split.parts]
 
     # -- main -------------------------------------------------------------------------
     def build(self) -> Program:
@@ -572,9 +523,12 @@ class Lowering:
         inp = net.input
         code = net.code_of(inp)
         host = Layer(inp.name, "host", inp.shape, K, 0, d=code.d.astype(np.int64))
-        per = max(1, MAX_ATOMS // (inp.shape[0] if len(inp.shape) == 3 else 1)) * (
-            inp.shape[0] if len(inp.shape) == 3 else 1)
-        host.parts = _parts_for(host, per)
+        # host chunks: whole pixels (all channels), at most MAX_ATOMS neurons each
+        if host.image:
+            specs = layer_parts(inp.shape, pixels_per_part=max(1, MAX_ATOMS // inp.shape[0]))
+        else:
+            specs = layer_parts(inp.shape, neurons_per_part=MAX_ATOMS)
+        host.parts = [Part.of(spec) for spec in specs]
         self.layers[inp.name] = host
         # clock
         clock = _block("clock", self.P, 64)
@@ -596,8 +550,7 @@ class Lowering:
                 d=net.code_of(node).d.astype(np.int64) if kind == "fs" else None,
                 range=self.ranges[node.name],
             )
-            per_core = self._choose_per_core(layer)
-            layer.parts = _parts_for(layer, per_core)
+            layer.parts = self._partition(layer)
             self.layers[node.name] = layer
             for i, tp in enumerate(layer.parts):
                 label = f"{node.name}[{i}]"

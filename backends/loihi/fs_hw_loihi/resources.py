@@ -51,14 +51,12 @@ def check_program(program: Program) -> dict[str, int]:
             use = _block_use(part.block)
             found = LOIHI_LIMITS.first_violation(use, name, f"core {i} of {len(layer.parts)}", scope="core")
             if found is not None:
-                unit = layer.shape[0] if layer.image else 1
                 per = max(p.n for p in layer.parts)
                 target = layer.source if layer.kind == "relay" else name
-                if per <= unit or layer.kind == "relay" and program.layers[target].kind == "host":
-                    raise ResourceError(
-                        f"{found.message}, even with one {'pixel' if layer.image else 'neuron'} per core"
-                    )
-                shrink[target] = max(unit, per // 2 // unit * unit)
+                if per <= 1 or layer.kind == "relay" and program.layers[target].kind == "host":
+                    raise ResourceError(f"{found.message}, even with one neuron per core")
+                # re-partition that layer with at most half as many neurons a core
+                shrink[target] = max(1, per // 2)
     if shrink:
         return shrink
     total = sum(cores_by_layer.values())
