@@ -135,7 +135,7 @@ def test_unknown_version_truncated_and_corrupted(tmp_path):
     path = save_network(_mlp(), tmp_path / "n.fsnet")
     future = tmp_path / "future.fsnet"
     _rewrite_manifest(path, future, lambda m: m.update(version=99))
-    with pytest.raises(FormatError, match=r"unknown format version 99; this fs-hw reads versions \[1\]"):
+    with pytest.raises(FormatError, match=r"unknown format version 99; this fs-hw reads versions \[1, 2\]"):
         load_network(future)
     truncated = tmp_path / "t.fsnet"
     truncated.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
@@ -186,3 +186,63 @@ def test_nan_in_file_is_refused_with_its_place(tmp_path):
     # built in Python, the code itself names code and step
     with pytest.raises(ValidationError, match=r"FSCode 'r': T: non-finite value nan at step 2"):
         FSCode("r", [1.0, 1.0, np.nan], [1.0] * 3, [1.0] * 3)
+
+
+def _step_weighted_net():
+    """An MLP whose output layer has per-step weights (non-nominal values, to see them survive)."""
+    net = _mlp()
+    o = net.by_name["o"]
+    sw = net.nominal_step_weight("o") + np.arange(4 * 2 * 3).reshape(4, 2, 3) / 7.0
+    nodes = [Dense("o", "a", o.weight, o.bias, step_weight=sw) if n.name == "o" else n for n in net.nodes]
+    return net.replace(nodes=nodes)
+
+
+def test_step_weight_round_trip_is_exact_and_written_as_version_2(tmp_path):
+    net = _step_weighted_net()
+    path = save_network(net, tmp_path / "s.fsnet")
+    with zipfile.ZipFile(path) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+    assert manifest["version"] == 2
+    ref = manifest["nodes"][3]["arrays"]["step_weight"]
+    assert ref["shape"] == [4, 2, 3] and ref["file"] == "arrays/3.step_weight.npy"
+    back = load_network(path)
+    assert back == net
+    assert back.by_name["o"].step_weight.tobytes() == net.by_name["o"].step_weight.tobytes()
+    assert back.by_name["a"] == net.by_name["a"] and back.step_sources == {"o": ("a", ())}
+    # and equality sees a missing or different step_weight
+    assert back != _mlp()
+
+
+def test_files_without_step_weight_stay_version_1(tmp_path):
+    path = save_network(_mlp(), tmp_path / "n.fsnet")
+    with zipfile.ZipFile(path) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+    assert manifest["version"] == 1
+    assert all("step_weight" not in n["arrays"] for n in manifest["nodes"])
+    assert load_network(path).by_name["o"].step_weight is None
+    # a version-2 file without step weights reads the same
+    v2 = tmp_path / "v2.fsnet"
+    _rewrite_manifest(path, v2, lambda m: m.update(version=2))
+    assert load_network(v2) == _mlp()
+
+
+def test_step_weight_in_a_version_1_file_is_refused(tmp_path):
+    path = save_network(_step_weighted_net(), tmp_path / "s.fsnet")
+    old = tmp_path / "old.fsnet"
+    _rewrite_manifest(path, old, lambda m: m.update(version=1))
+    with pytest.raises(FormatError, match=r"nodes\[3\] \(dense 'o'\): array 'step_weight' needs format version 2, "
+                                          r"the file says version 1"):
+        load_network(old)
+
+
+def test_unknown_array_is_still_refused(tmp_path):
+    path = save_network(_step_weighted_net(), tmp_path / "s.fsnet")
+    bad = tmp_path / "bad.fsnet"
+
+    def edit(m):
+        m["nodes"][3]["arrays"]["step_weights"] = m["nodes"][3]["arrays"].pop("step_weight")
+
+    _rewrite_manifest(path, bad, edit)
+    with pytest.raises(FormatError, match=r"arrays \['bias', 'step_weights', 'weight'\] but a dense node has "
+                                          r"\['bias', 'weight'\] \(optional: \['step_weight'\]\)"):
+        load_network(bad)

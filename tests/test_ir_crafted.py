@@ -1,6 +1,8 @@
 """Crafted hostile `.fsnet` and `--inputs` files, made here: each is refused with fs-hw's
 own error, naming the object, before anything large is allocated."""
 
+import hashlib
+import io
 import json
 import struct
 import zipfile
@@ -10,7 +12,7 @@ import pytest
 
 from fs_hw import conformance
 from fs_hw.errors import FSHWError, ValidationError
-from fs_hw.ir import Dense, FSActivation, Input, Readout, load_network, save_network
+from fs_hw.ir import Conv2d, Dense, FSActivation, Input, Readout, load_network, save_network
 from fs_hw.ir.network import Network
 from fs_hw.safe_archive import load_inputs_file
 
@@ -75,8 +77,6 @@ def test_giant_npy_header_is_refused_before_allocation(tmp_path, valid):
     manifest = json.loads(members["manifest.json"])
     ref = next(r for n in manifest["nodes"] for r in n["arrays"].values())
     header = {"descr": "<f8", "fortran_order": False, "shape": (10**12,)}
-    import io
-
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, header)
     members = dict(members)
@@ -125,3 +125,53 @@ def test_inputs_good_file_round_trips(tmp_path):
     images, labels = load_inputs_file(_npz(tmp_path / "g.npz", images=np.arange(6.0).reshape(3, 2),
                                            labels=np.array([0, 1, 2]), scale=np.array(0.5)))
     assert np.array_equal(images, np.arange(6.0).reshape(3, 2) * 0.5) and labels.tolist() == [0, 1, 2]
+
+
+def _step_weighted_members(tmp_path):
+    """The residual scenario with per-step weights on conv_a (source fs_stem), as zip members."""
+    net, _ = conformance.scenario("residual")
+    conv = net.by_name["conv_a"]
+    sw = net.nominal_step_weight("conv_a")
+    nodes = [Conv2d(n.name, n.input, n.weight, n.bias, n.stride, n.padding, step_weight=sw) if n is conv else n
+             for n in net.nodes]
+    path = save_network(net.replace(nodes=nodes), tmp_path / "sw.fsnet")
+    with zipfile.ZipFile(path) as zf:
+        members = {i.filename: zf.read(i.filename) for i in zf.infolist()}
+    manifest = json.loads(members["manifest.json"])
+    ref = next(n for n in manifest["nodes"] if n["name"] == "conv_a")["arrays"]["step_weight"]
+    assert ref["shape"] == list(sw.shape)
+    return manifest, members, ref, sw
+
+
+def _swap_array(members, ref, arr, update_manifest):
+    """Put ``arr`` in ``ref``'s member; with ``update_manifest`` also its shape and checksum."""
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(arr))
+    members = dict(members)
+    members[ref["file"]] = buf.getvalue()
+    if update_manifest:
+        ref.update(shape=list(arr.shape), sha256=hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest())
+    return members
+
+
+def test_step_weight_shape_disagreeing_with_manifest_is_refused(tmp_path):
+    manifest, members, ref, sw = _step_weighted_members(tmp_path)
+    members = _swap_array(members, ref, sw[:-1], update_manifest=False)  # one step fewer than declared
+    _refused(_write(tmp_path / "t.fsnet", manifest, members), ref["file"], "conv_a",
+             f".npy shape {list(sw[:-1].shape)}, manifest says {list(sw.shape)}")
+
+
+def test_step_weight_shape_disagreeing_with_weight_is_refused(tmp_path):
+    # manifest and .npy agree with each other (checksum too), but not with the node's weight
+    manifest, members, ref, sw = _step_weighted_members(tmp_path)
+    members = _swap_array(members, ref, sw[:, :, :, :2, :], update_manifest=True)
+    wrong_shape = r"conv2d 'conv_a': step_weight: must have shape .* got \(6, 2, 2, 2, 3\)"
+    with pytest.raises(ValidationError, match=wrong_shape):
+        load_network(_write(tmp_path / "t.fsnet", manifest, members))
+
+
+def test_step_weight_with_wrong_K_in_file_is_refused(tmp_path):
+    manifest, members, ref, sw = _step_weighted_members(tmp_path)
+    members = _swap_array(members, ref, sw[:3], update_manifest=True)
+    with pytest.raises(ValidationError, match=r"conv2d 'conv_a': step_weight: has K=3 steps .* source fs 'fs_stem'"):
+        load_network(_write(tmp_path / "t.fsnet", manifest, members))

@@ -32,8 +32,12 @@ from fs_hw.ir.nodes import NODE_TYPES, Add, Input, Node
 from fs_hw.safe_archive import READ_ERRORS, SafeArchive, check_path
 
 FORMAT_NAME = "fs-hw-ir"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+# The newest version this package reads and writes. The writer writes the lowest version
+# that can state the network: 1 unless a node has ``step_weight`` (version 2), so files
+# without per-step weights stay readable by version-1 readers.
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
+STEP_WEIGHT_VERSION = 2
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 # Inflated bytes one `.fsnet` may hold in all (manifest and arrays): 128 Mi float64
@@ -62,13 +66,25 @@ def network_to_manifest(network: Network) -> tuple[dict, dict[str, np.ndarray]]:
         nodes.append(entry)
     manifest = {
         "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
+        "version": file_version(network),
         "K": network.K,
         "nodes": nodes,
         "codes": [code.to_dict() for code in network.codes.values()],
         "metadata": dict(network.metadata),
     }
     return manifest, arrays
+
+
+def file_version(network: Network) -> int:
+    """The format version a file of ``network`` is written with: the lowest that states it.
+
+    Version 2 only when a node has ``step_weight``: a version-1 reader must refuse such a
+    file (ignoring the field would compute ``W y`` instead of the per-step sum), and the
+    version is the one thing every reader checks before anything else.
+    """
+    if any(getattr(node, "step_weight", None) is not None for node in network.nodes):
+        return STEP_WEIGHT_VERSION
+    return 1
 
 
 def save_network(network: Network, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -229,7 +245,7 @@ def _read(archive: SafeArchive, where: str) -> Network:
     users: dict[str, str] = {}
     nodes: list[Node] = []
     for i, entry in enumerate(node_list):
-        nodes.append(_read_node(archive, entry, f"{where}: nodes[{i}]", users))
+        nodes.append(_read_node(archive, entry, f"{where}: nodes[{i}]", users, version))
     extra = [n for n in archive.names if n != MANIFEST and n not in users and not n.endswith("/")]
     if extra:
         raise FormatError(
@@ -272,7 +288,7 @@ def _attr(value: Any, spec: str, where: str, key: str) -> Any:
                       f"got {value!r}")
 
 
-def _read_node(archive: SafeArchive, entry: Any, where: str, users: dict[str, str]) -> Node:
+def _read_node(archive: SafeArchive, entry: Any, where: str, users: dict[str, str], version: int) -> Node:
     if not isinstance(entry, dict):
         raise FormatError(f"{where}: must be an object, got {type(entry).__name__}")
     kind = _expect(entry, "kind", str, where)
@@ -295,10 +311,18 @@ def _read_node(archive: SafeArchive, entry: Any, where: str, users: dict[str, st
             f"{where}: attrs: kernel {attrs['kernel']!r} and stride {attrs['stride']!r} must both be "
             "pairs or both null (global pooling)"
         )
-    if set(refs) != set(cls.array_fields):
-        raise FormatError(f"{where}: arrays {sorted(refs)} but a {kind} node has {sorted(cls.array_fields)}")
-    for key in cls.array_fields:
-        kwargs[key] = _read_array(archive, refs[key], f"{where}.{key}", users)
+    required, optional = set(cls.array_fields), set(cls.optional_array_fields)
+    if not required <= set(refs) <= required | optional:
+        allowed = f" (optional: {sorted(optional)})" if optional else ""
+        raise FormatError(f"{where}: arrays {sorted(refs)} but a {kind} node has {sorted(required)}{allowed}")
+    if "step_weight" in refs and version < STEP_WEIGHT_VERSION:
+        raise FormatError(
+            f"{where}: array 'step_weight' needs format version {STEP_WEIGHT_VERSION}, the file says "
+            f"version {version} (a version-{version} reader would ignore it and compute something else)"
+        )
+    for key in (*cls.array_fields, *cls.optional_array_fields):
+        if key in refs:
+            kwargs[key] = _read_array(archive, refs[key], f"{where}.{key}", users)
     if cls is Add:
         if len(inputs) < 2:
             raise FormatError(f"{where}: an add node has at least two inputs, file lists {len(inputs)}")

@@ -12,7 +12,7 @@ import numpy as np
 
 from fs_hw.errors import ValidationError
 from fs_hw.ir.code import FSCode
-from fs_hw.ir.nodes import FSActivation, Input, Node, Readout, Shape
+from fs_hw.ir.nodes import Add, AvgPool2d, Conv2d, Dense, Flatten, FSActivation, Input, Node, Readout, Shape
 
 # Most nodes in one network. The largest shipped network has 54 and a ResNet-152 about
 # 400; the spike-mode reference costs (stages x K) global steps times the node count, so
@@ -32,7 +32,9 @@ class Network:
     one :class:`~fs_hw.ir.nodes.Readout`, every edge's shape, every named code known,
     all codes with the same number of steps ``K`` (one stage of the pipeline lasts
     K steps), every spiking node feeding the read-out (no dead branch), at most
-    ``MAX_NODES`` nodes and ``MAX_NODE_ELEMENTS`` elements per node and sample.
+    ``MAX_NODES`` nodes and ``MAX_NODE_ELEMENTS`` elements per node and sample, and for
+    every Dense/Conv2d with ``step_weight``: a valid chain to one spiking source and
+    ``K`` equal to that source's code's K (see :meth:`step_source`).
 
     Timing: spiking nodes (coded inputs and FS activations) are *stages*. A coded input
     is stage 0; an FS activation is one stage after the latest stage that feeds it; the
@@ -98,6 +100,7 @@ class Network:
                     )
         _ = self.shapes  # raises on shape mismatch
         self._check_live()
+        _ = self.step_sources  # raises on a step_weight without a valid chain or with the wrong K
 
     def _check_live(self) -> None:
         """Refuse spiking nodes whose output reaches no read-out (a dead branch).
@@ -120,6 +123,91 @@ class Network:
                     f"reaches no read-out (a dead branch: nothing reads its spikes, and read-out "
                     f"{self.readout.name!r} does not depend on it); remove it",
                 )
+
+    # -- per-step weights ------------------------------------------------------------------
+    def step_source(self, name: str) -> tuple[str, tuple[str, ...]]:
+        """The spiking node a ``step_weight`` on node ``name`` indexes, and the chain to it.
+
+        Starting at ``name``'s input, follows single-input linear nodes (Flatten,
+        AvgPool2d, and Dense/Conv2d whose bias is all zero and which have no
+        ``step_weight``) until a spiking node S (FSActivation or coded Input) is reached.
+        Returns ``(S's name, chain)``, where ``chain`` names the linear nodes between S
+        and ``name`` in the order they apply to S's spikes (nearest S first; empty when
+        ``name`` reads S directly). The chain's bias-free maps composed are the ``C`` of
+        the step-weight formula (see :class:`~fs_hw.ir.nodes.Dense`).
+
+        Works for any node with one input, with or without ``step_weight`` (a tool that
+        is about to add step weights calls it first). Raises
+        :class:`~fs_hw.errors.ValidationError` naming node ``name``, the field
+        ``step_weight`` and the node that ends the chain: an Add, a biased or
+        step-weighted Dense/Conv2d, or an analog Input.
+        """
+        if name not in self.by_name:
+            raise ValidationError("network", "step_source", f"no node named {name!r}")
+        node = self.by_name[name]
+        if len(node.inputs) != 1:
+            raise ValidationError(node.label, "step_weight", f"needs exactly one input, has {len(node.inputs)}")
+        chain: list[str] = []
+        current = self.by_name[node.inputs[0]]
+        while not self.is_spiking(current):
+            reason = None
+            if isinstance(current, Input):
+                reason = "is an analog input (code None): it has no spikes to weight per step"
+            elif isinstance(current, Add):
+                reason = "is an add: a chain has one spiking source, an add joins several paths"
+            elif isinstance(current, (Dense, Conv2d)):
+                if current.step_weight is not None:
+                    reason = "has its own step_weight (step weights do not compose)"
+                elif np.any(current.bias != 0):
+                    first = int(np.flatnonzero(current.bias)[0])
+                    reason = f"has a non-zero bias (bias[{first}] = {current.bias[first]!r})"
+            elif not isinstance(current, (Flatten, AvgPool2d)):
+                reason = "is not a linear node"
+            if reason is not None:
+                raise ValidationError(
+                    node.label, "step_weight",
+                    f"the chain from its input reaches {current.label}, which {reason}; a step-weighted "
+                    "node must reach exactly one spiking node through Flatten, AvgPool2d and bias-free "
+                    "Dense/Conv2d without step_weight",
+                )
+            chain.append(current.name)
+            current = self.by_name[current.inputs[0]]
+        return current.name, tuple(reversed(chain))
+
+    @cached_property
+    def step_sources(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """``{name: (source, chain)}`` for every node with ``step_weight`` (see :meth:`step_source`).
+
+        Checked at construction: a valid chain, and ``step_weight.shape[0]`` equal to the
+        K of the source's code.
+        """
+        out: dict[str, tuple[str, tuple[str, ...]]] = {}
+        for node in self.order:
+            sw = getattr(node, "step_weight", None)
+            if sw is None:
+                continue
+            source, chain = self.step_source(node.name)
+            src = self.by_name[source]
+            K = self.codes[src.code].K  # type: ignore[attr-defined]
+            if sw.shape[0] != K:
+                raise ValidationError(
+                    node.label, "step_weight",
+                    f"has K={sw.shape[0]} steps (shape {sw.shape}), its source {src.label} runs code "
+                    f"{src.code!r} with K={K}",  # type: ignore[attr-defined]
+                )
+            out[node.name] = (source, chain)
+        return out
+
+    def nominal_step_weight(self, name: str) -> np.ndarray:
+        """``step_weight[t] = weight * d_S(t)`` for node ``name``: the per-step weights with
+        which it computes exactly what it computes without (a float64 array ``(K, *weight.shape)``;
+        a quantizer rounds these to its units)."""
+        source, _ = self.step_source(name)
+        node = self.by_name[name]
+        if not isinstance(node, (Dense, Conv2d)):
+            raise ValidationError(node.label, "step_weight", "only dense and conv2d nodes have per-step weights")
+        d = self.code_of(self.by_name[source]).d
+        return d.reshape(-1, *([1] * node.weight.ndim)) * node.weight[None]
 
     @cached_property
     def by_name(self) -> dict[str, Node]:
@@ -246,6 +334,8 @@ class Network:
         lines = []
         for node in self.order:
             extra = f" code={node.code}" if hasattr(node, "code") and node.code else ""
+            if getattr(node, "step_weight", None) is not None:
+                extra += f" step_weight<-{self.step_sources[node.name][0]}"
             lines.append(
                 f"{node.name:<16} {node.kind:<10} stage {self.stages[node.name]:>2}  "
                 f"{str(self.shapes[node.name]):<16}{extra}"

@@ -10,6 +10,9 @@ are read-only float64 numpy arrays. Node semantics (what the reference computes)
 * :class:`Dense`: :math:`W x + b`, ``weight`` of shape ``(out, in)``.
 * :class:`Conv2d`: cross-correlation with ``weight (C_out, C_in, kh, kw)``, ``bias``,
   ``stride``, zero ``padding`` (as ``torch.nn.functional.conv2d``).
+* Dense and Conv2d may carry *per-step weights* ``step_weight`` (shape
+  ``(K, *weight.shape)``): one weight per step of the spiking node they read, as a
+  fixed-point chip stores them. See :class:`Dense` for the exact rule.
 * :class:`AvgPool2d`: mean over ``kernel`` windows with ``stride``, no padding;
   ``kernel=None`` pools globally to ``(C, 1, 1)``.
 * :class:`Flatten`: ``(C, H, W) -> (C·H·W,)`` in C order.
@@ -74,7 +77,9 @@ class Node:
 
     kind: ClassVar[str] = "node"
     linear: ClassVar[bool] = False
+    # Arrays every node of the kind has, and arrays it may have (None when absent).
     array_fields: ClassVar[tuple[str, ...]] = ()
+    optional_array_fields: ClassVar[tuple[str, ...]] = ()
 
     name: str
 
@@ -93,13 +98,19 @@ class Node:
         return ()
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {k: getattr(self, k) for k in self.array_fields}
+        """The node's arrays: every required one, and the optional ones that are set."""
+        out = {k: getattr(self, k) for k in self.array_fields}
+        for k in self.optional_array_fields:
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)
+        return out
 
     def attrs(self) -> dict[str, Any]:
         """JSON-able parameters (everything except name, inputs and arrays)."""
         out = {}
         for f in fields(self):
-            if f.name in ("name", "input", "operands") or f.name in self.array_fields:
+            if f.name in ("name", "input", "operands") or f.name in self.array_fields \
+                    or f.name in self.optional_array_fields:
                 continue
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
@@ -111,11 +122,13 @@ class Node:
     def __eq__(self, other: object) -> bool:
         if type(self) is not type(other):
             return NotImplemented
+        mine, theirs = self.arrays(), other.arrays()
         return (
             self.name == other.name
             and self.inputs == other.inputs
             and self.attrs() == other.attrs()
-            and all(np.array_equal(a, other.arrays()[k]) for k, a in self.arrays().items())
+            and mine.keys() == theirs.keys()
+            and all(np.array_equal(a, theirs[k]) for k, a in mine.items())
         )
 
     __hash__ = object.__hash__
@@ -158,13 +171,55 @@ class _Unary(Node):
         return (self.input,)
 
 
+def _step_weight(node: Node) -> None:
+    """Check and freeze ``node.step_weight``: None, or finite float64 ``(K, *weight.shape)``."""
+    value = node.step_weight  # type: ignore[attr-defined]
+    if value is None:
+        return
+    weight = node.weight  # type: ignore[attr-defined]
+    arr = _array(value, node.label, "step_weight", weight.ndim + 1)
+    if arr.shape[0] < 1 or arr.shape[1:] != weight.shape:
+        raise ValidationError(
+            node.label, "step_weight",
+            f"must have shape (K, *weight.shape) = (K, {', '.join(map(str, weight.shape))}) with K >= 1, "
+            f"got {arr.shape}",
+        )
+    object.__setattr__(node, "step_weight", arr)
+
+
 @dataclass(frozen=True, eq=False)
 class Dense(_Unary):
+    r"""Fully connected: :math:`W x + b`, ``weight (out, in)``, ``bias (out,)``.
+
+    **Per-step weights.** ``step_weight`` is ``None`` (the default: the node computes
+    :math:`W x + b` on its input's decoded value) or a float64 array of shape
+    ``(K, *weight.shape)`` (finite, read-only). When set, the node's *chain* is followed
+    from its input through single-input linear nodes (Flatten, AvgPool2d, and
+    Dense/Conv2d whose bias is all zero and which have no ``step_weight``) until a
+    spiking node ``S`` (FSActivation or coded Input) is reached; ``C`` is the
+    composition of those nodes' bias-free maps (the identity for an empty chain). The
+    node then outputs
+
+    .. math:: b + \sum_{t<K} W_t \cdot C(z_S(t))
+
+    where :math:`z_S(t) \in \{0, 1\}` are S's raw spikes at its local step ``t`` and
+    :math:`W_t \cdot u` is this node's own operation (matmul here; convolution with its
+    stride and padding for :class:`Conv2d`) with weight ``step_weight[t]``, bias-free.
+    ``weight`` stays the nominal weight (what :math:`W y` would use; documentation and
+    tools) and is not used by the semantics when ``step_weight`` is set. With
+    ``step_weight[t] = weight * d_S(t)`` the node computes exactly what it computes
+    without it. :class:`~fs_hw.ir.network.Network` refuses a chain through an Add, a
+    biased or step-weighted Dense/Conv2d or an analog Input, and a ``K`` other than S's
+    code's; :meth:`~fs_hw.ir.network.Network.step_source` returns S and the chain.
+    """
+
     kind: ClassVar[str] = "dense"
     linear: ClassVar[bool] = True
     array_fields: ClassVar[tuple[str, ...]] = ("weight", "bias")
+    optional_array_fields: ClassVar[tuple[str, ...]] = ("step_weight",)
     weight: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     bias: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    step_weight: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -174,6 +229,7 @@ class Dense(_Unary):
             raise ValidationError(
                 self.label, "bias", f"has {self.bias.shape[0]} entries, weight has {self.weight.shape[0]} rows"
             )
+        _step_weight(self)
 
     def infer_shape(self, in_shapes: list[Shape]) -> Shape:
         (shape,) = in_shapes
@@ -186,13 +242,22 @@ class Dense(_Unary):
 
 @dataclass(frozen=True, eq=False)
 class Conv2d(_Unary):
+    r"""Cross-correlation: ``weight (C_out, C_in, kh, kw)``, ``bias (C_out,)``, ``stride``, zero ``padding``.
+
+    ``step_weight``: ``None`` or ``(K, C_out, C_in, kh, kw)``, with the semantics
+    described at :class:`Dense` (``W_t \cdot u`` is this convolution with weight
+    ``step_weight[t]``).
+    """
+
     kind: ClassVar[str] = "conv2d"
     linear: ClassVar[bool] = True
     array_fields: ClassVar[tuple[str, ...]] = ("weight", "bias")
+    optional_array_fields: ClassVar[tuple[str, ...]] = ("step_weight",)
     weight: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 1, 1)))
     bias: np.ndarray = field(default_factory=lambda: np.zeros(0))
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
+    step_weight: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -205,6 +270,7 @@ class Conv2d(_Unary):
                 self.label, "bias",
                 f"has {self.bias.shape[0]} entries, weight has {self.weight.shape[0]} output channels",
             )
+        _step_weight(self)
 
     def infer_shape(self, in_shapes: list[Shape]) -> Shape:
         (shape,) = in_shapes

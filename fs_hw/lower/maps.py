@@ -16,13 +16,20 @@ flatten, residual add, scaling) is composed here, exactly, in integers (int64):
 * the sum of two conv maps of one source is one conv map when their windows align;
 * anything else is multiplied out to a :class:`DenseMap` (``n_out x n_in``), refused
   (:class:`~fs_hw.errors.ResourceError`, naming the sizes) beyond
-  :data:`MAX_DENSE_ENTRIES`.
+  :data:`MAX_DENSE_ENTRIES`;
+* a dense or conv node with per-step weights (``step_weight``, see
+  docs/ir-format.md) gives a :class:`StepMap`: one map per source step ``s``, applied to
+  the raw spikes ``z_S(s)`` (no ``d_S(s)`` factor: it is inside the step's weights).
+
+:meth:`ReceiverInput.steps` hides the difference: for every source it lists, per step
+``s``, the map and the integer factor the spikes ``z_S(s)`` are multiplied by.
 
 No SDK imports: every chip backend can use it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +74,10 @@ class DenseMap:
 
     def nnz(self) -> int:
         return int(np.count_nonzero(self.matrix))
+
+    def max_abs(self) -> int:
+        """Largest |entry|: the largest single weight the map adds."""
+        return int(np.abs(self.matrix).max(initial=0))
 
     def n_weights(self) -> int:
         """Weights of the map as the chip stores them (dense: every matrix entry)."""
@@ -169,6 +180,9 @@ class ConvMap:
     def nnz(self) -> int:
         return int(np.count_nonzero(self.kernel))
 
+    def max_abs(self) -> int:
+        return int(np.abs(self.kernel).max(initial=0))
+
     def n_weights(self) -> int:
         """Weights of the kernel (shared by every position)."""
         return int(self.kernel.size)
@@ -213,11 +227,32 @@ class IdentityMap:
     def nnz(self) -> int:
         return self.n
 
+    def max_abs(self) -> int:
+        return 1 if self.n else 0
+
     def n_weights(self) -> int:
         return self.n
 
 
-Map = DenseMap | ConvMap | IdentityMap
+@dataclass
+class StepMap:
+    """One map per source step: the contribution of step ``s`` is ``steps[s] z(s)``."""
+
+    steps: tuple[DenseMap | ConvMap | IdentityMap, ...]
+
+    @property
+    def n_out(self) -> int:
+        return self.steps[0].n_out
+
+    def n_weights(self) -> int:
+        """Weights of the node (one step's set: the IR's count; a chip may store one per step)."""
+        return int(self.steps[0].n_weights())
+
+    def nnz(self) -> int:
+        return int(sum(m.nnz() for m in self.steps))
+
+
+Map = DenseMap | ConvMap | IdentityMap | StepMap
 
 
 @dataclass
@@ -226,6 +261,17 @@ class ReceiverInput:
 
     maps: dict[str, Map]
     bias: np.ndarray  # (n,) int64
+
+    def steps(self, src: str, d: np.ndarray) -> list[tuple[DenseMap | ConvMap | IdentityMap, int]]:
+        """Per source step ``s``: ``(map, factor)``, the receiver adds ``factor * map(z_src(s))``.
+
+        ``d`` is the source's integer output weights; a plain map is shared by every step
+        (the same object, factor ``d(s)``), a :class:`StepMap` has its own map per step.
+        """
+        m = self.maps[src]
+        if isinstance(m, StepMap):
+            return [(ms, 1) for ms in m.steps]
+        return [(m, int(ds)) for ds in np.asarray(d, np.int64)]
 
 
 def _identity(shape: tuple[int, ...]) -> Map:
@@ -287,6 +333,8 @@ def compose_convs(outer: ConvMap, inner: ConvMap) -> ConvMap | None:
 
 
 def _apply_node(node: Node, m: Map, network: Network) -> Map:
+    if isinstance(m, StepMap):
+        return StepMap(tuple(_apply_node(node, ms, network) for ms in m.steps))
     if isinstance(node, Flatten):
         return m
     if isinstance(node, Dense):
@@ -335,7 +383,22 @@ def _align(m: ConvMap, pad: tuple[int, int], size: tuple[int, int]) -> ConvMap |
     return ConvMap(kernel, m.stride, pad, m.in_shape, m.out_shape, m.in_used)
 
 
-def _add_maps(a: Map, b: Map) -> Map:
+def _scaled(m: Map, factor: int) -> Map:
+    """``factor * m`` (an integer)."""
+    if isinstance(m, ConvMap):
+        return ConvMap(m.kernel * factor, m.stride, m.padding, m.in_shape, m.out_shape, m.in_used)
+    if isinstance(m, IdentityMap):
+        return DenseMap(m.to_dense() * factor)
+    return DenseMap(m.matrix * factor)
+
+
+def _add_maps(a: Map, b: Map, d: np.ndarray) -> Map:
+    """``a + b``, two maps of one source whose integer output weights are ``d``."""
+    if isinstance(a, StepMap) or isinstance(b, StepMap):
+        # a plain map delivers d(s) z(s) at step s: as a step map, d(s) times the map
+        sa = a.steps if isinstance(a, StepMap) else tuple(_scaled(a, int(v)) for v in d)
+        sb = b.steps if isinstance(b, StepMap) else tuple(_scaled(b, int(v)) for v in d)
+        return StepMap(tuple(_add_maps(x, y, d) for x, y in zip(sa, sb)))
     if (
         isinstance(a, ConvMap) and isinstance(b, ConvMap) and a.stride == b.stride
         and a.in_shape == b.in_shape and a.out_shape == b.out_shape and a.in_used == b.in_used
@@ -351,6 +414,17 @@ def _add_maps(a: Map, b: Map) -> Map:
             return ConvMap(aa.kernel + bb.kernel, a.stride, pad, a.in_shape, a.out_shape, a.in_used)
     _check_dense(a.n_out, _n_in(a), f"sum of a {type(a).__name__} and a {type(b).__name__}")
     return DenseMap(_dense_matrix(a) + _dense_matrix(b))
+
+
+def _step_map(node: Dense | Conv2d, chain: Map, network: Network) -> StepMap:
+    """A node with per-step weights after the (plain) chain map from its one source."""
+    if isinstance(chain, StepMap):  # the IR's validation forbids it; never compose two
+        raise ValueError(f"{node.label}: step weights after another node with step weights")
+    steps = []
+    for w in node.step_weight:
+        plain = dataclasses.replace(node, weight=w, step_weight=None)
+        steps.append(_apply_node(plain, chain, network))
+    return StepMap(tuple(steps))
 
 
 def receiver_inputs(network: Network) -> dict[str, ReceiverInput]:
@@ -369,8 +443,11 @@ def receiver_inputs(network: Network) -> dict[str, ReceiverInput]:
                 merged: dict[str, Map] = {}
                 for op in node.operands:
                     for src, m in maps[op].items():
-                        merged[src] = _add_maps(merged[src], m) if src in merged else m
+                        d = network.code_of(network.by_name[src]).d
+                        merged[src] = _add_maps(merged[src], m, d) if src in merged else m
                 maps[name] = merged
+            elif getattr(node, "step_weight", None) is not None:
+                maps[name] = {src: _step_map(node, m, network) for src, m in maps[node.input].items()}
             else:
                 maps[name] = {src: _apply_node(node, m, network) for src, m in maps[node.input].items()}
             zero[name] = apply_linear(node, [zero[s] for s in node.inputs], True, "numpy", _I64)

@@ -153,6 +153,7 @@ def partition_layer(layer: str, shape: tuple[int, ...], cost: Cost, limits: Limi
         if best == 0:
             _refuse(search.violation(None, None, 1), "one neuron per core", units_per_neuron, unit_name)
         parts = layer_parts(shape, neurons_per_part=best)
+        best = max(q.n for q in parts)  # balanced runs: the largest part actually made
         why = _why_vector(search, best, n_total, cap, units_per_neuron, unit_name)
         return Partition(layer, shape, parts, why, neurons_per_part=best, trials=search.trials)
     C, H, W = shape
@@ -180,6 +181,9 @@ def partition_layer(layer: str, shape: tuple[int, ...], cost: Cost, limits: Limi
     n_parts, neg_c, p = min(candidates)
     c = -neg_c
     parts = layer_parts(shape, c, p)
+    # balanced blocks and runs: the largest ones actually made
+    c = max(q.n_channels for q in parts)
+    p = max(q.pixels[1] - q.pixels[0] for q in parts)
     why = _why_image(search, shape, c, p, len(parts), cap, units_per_neuron, unit_name)
     return Partition(layer, shape, parts, why, channels_per_part=c, pixels_per_part=p, trials=search.trials)
 
@@ -196,12 +200,20 @@ def _limit_words(v: Violation | None) -> str:
     return "" if v is None else f"{v.limit.what} ({v.used} > {v.limit.value})"
 
 
+def _fewer(search: _Search, total: int, per: int, violation_at: Callable[[int], Violation | None]) -> str:
+    """Why one run fewer does not fit: its larger runs exceed a limit (or a cap)."""
+    runs = -(-total // per)
+    larger = -(-total // (runs - 1))
+    v = violation_at(larger)
+    return f"{larger} a part would exceed {_limit_words(v)}" if v else f"capped at {per} a part"
+
+
 def _why_vector(search: _Search, best: int, n_total: int, cap: int, k: int, unit_name: str) -> str:
     if best >= n_total:
         return f"{n_total} neurons x {k} {unit_name} fit one core"
-    if best >= cap:
-        return f"{best} neurons a core (capped at {cap})"
-    return f"{best} neurons a core; {best + 1} would exceed {_limit_words(search.violation(None, None, best + 1))}"
+    runs = -(-n_total // best)
+    return (f"{runs} parts of {best} neurons ({k} {unit_name} per neuron); "
+            + _fewer(search, n_total, best, lambda n: search.violation(None, None, n)))
 
 
 def _why_image(search: _Search, shape, c: int, p: int, n_parts: int, cap: int, k: int, unit_name: str) -> str:
@@ -212,9 +224,9 @@ def _why_image(search: _Search, shape, c: int, p: int, n_parts: int, cap: int, k
         return words + ": the layer fits one core"
     reasons = []
     if c < C:
-        reasons.append(f"all {C} channels of one pixel exceed {_limit_words(search.violation(C, 1, None))}"
-                       if search.violation(C, 1, None) else "fewer parts with channel blocks")
+        v = search.violation(C, 1, None)
+        reasons.append(f"all {C} channels of one pixel exceed {_limit_words(v)}" if v
+                       else "channel blocks give fewer parts")
     if p < n_pix:
-        v = search.violation(c, p + 1, None)
-        reasons.append(f"{p + 1} pixels would exceed {_limit_words(v)}" if v else f"capped at {cap} neurons a part")
-    return words + ("; " + "; ".join(reasons) if reasons else "")
+        reasons.append("pixels: " + _fewer(search, n_pix, p, lambda q: search.violation(c, q, None)))
+    return words + "; " + "; ".join(reasons)

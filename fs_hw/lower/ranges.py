@@ -53,14 +53,20 @@ def worst_case(network: Network, name: str, rin: ReceiverInput) -> PartialSums:
     """Extremes over every spike pattern of the sources (sound for any input)."""
     node = network.by_name[name]
     b = rin.bias.astype(np.int64)
-    low, high, step = b.copy(), b.copy(), np.zeros_like(b)
-    for src, m in rin.maps.items():
+    low, high = b.copy(), b.copy()
+    # every source's step s arrives in the same chip step (skips are aligned by relays)
+    per_step = np.zeros((network.K, b.size), np.int64)
+    for src in rin.maps:
         d = network.code_of(network.by_name[src]).d.astype(np.int64)
-        pos, neg = m.row_sums()
-        dp, dn = int(d[d > 0].sum()), int(d[d < 0].sum())
-        low += dp * neg + dn * pos
-        high += dp * pos + dn * neg
-        step += int(np.abs(d).max(initial=0)) * (pos - neg)
+        sums: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # a plain map is shared by every step
+        for s, (m, f) in enumerate(rin.steps(src, d)):
+            if id(m) not in sums:
+                sums[id(m)] = m.row_sums()
+            pos, neg = sums[id(m)]
+            low += f * neg if f > 0 else f * pos
+            high += f * pos if f > 0 else f * neg
+            per_step[s] += abs(f) * (pos - neg)
+    step = per_step.max(axis=0)
     low_all, high_all = low.copy(), high.copy()
     kind = "readout"
     if isinstance(node, FSActivation):
@@ -89,10 +95,15 @@ def observe(network: Network, profile, inputs: np.ndarray, batch_size: int = 250
     for name, rin in receiver_inputs(network).items():
         n = rin.bias.size
         inc = np.zeros((N, K, n), np.int64)
-        for src, m in rin.maps.items():
+        for src in rin.maps:
             d = network.code_of(network.by_name[src]).d.astype(np.int64)
-            z = trains[src].reshape(N, K, -1).astype(np.int64) * d[None, :, None]
-            inc += m.apply(z.reshape(N * K, -1)).reshape(N, K, n)
+            z = trains[src].reshape(N, K, -1).astype(np.int64)
+            steps = rin.steps(src, d)
+            if all(m is steps[0][0] for m, _ in steps):  # one plain map: all steps at once
+                inc += steps[0][0].apply((z * d[None, :, None]).reshape(N * K, -1)).reshape(N, K, n)
+            else:
+                for s, (m, f) in enumerate(steps):
+                    inc[:, s] += f * m.apply(z[:, s]).reshape(N, n)
         partial = rin.bias[None, None, :] + np.cumsum(inc, axis=1)
         low = np.minimum(partial.min(axis=(0, 1)), np.minimum(rin.bias, 0))
         high = np.maximum(partial.max(axis=(0, 1)), np.maximum(rin.bias, 0))

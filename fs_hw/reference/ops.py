@@ -1,9 +1,11 @@
 """Linear node kernels (the synapses), in numpy with an optional torch path.
 
 Each kernel maps a batch ``(N, *in_shape)`` to ``(N, *out_shape)``; ``bias=False``
-computes the bias-free map used to deliver spike events. The torch path computes the
-same float64 sums with torch's kernels (faster convolutions); tests check that the
-two give identical spikes.
+computes the bias-free map used to deliver spike events. ``weight=`` replaces a
+Dense/Conv2d node's ``weight`` (the reference passes ``step_weight[t]`` for a
+step-weighted node); without it the node's own ``weight`` is used. The torch path
+computes the same float64 sums with torch's kernels (faster convolutions); tests check
+that the two give identical spikes.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def _torch():
 
 
 def apply_linear(node: Node, values: list[np.ndarray], bias: bool, library: str = "numpy",
-                 dtype: np.dtype = FLOAT64_DTYPE) -> np.ndarray:
+                 dtype: np.dtype = FLOAT64_DTYPE, weight: np.ndarray | None = None) -> np.ndarray:
     if isinstance(node, Add):
         out = values[0].copy()
         for v in values[1:]:
@@ -38,39 +40,40 @@ def apply_linear(node: Node, values: list[np.ndarray], bias: bool, library: str 
     if isinstance(node, Flatten):
         return x.reshape(x.shape[0], -1)
     if isinstance(node, Dense):
-        w = node.weight.astype(dtype, copy=False)
+        w = (node.weight if weight is None else weight).astype(dtype, copy=False)
         out = x @ w.T
         if bias:
             out += node.bias.astype(dtype, copy=False)
         return out
     if isinstance(node, Conv2d):
+        w = node.weight if weight is None else weight
         if library == "torch" and dtype.kind == "f":
-            return _conv2d_torch(node, x, bias)
-        return _conv2d_numpy(node, x, bias, dtype)
+            return _conv2d_torch(node, x, bias, w)
+        return _conv2d_numpy(node, x, bias, dtype, w)
     if isinstance(node, AvgPool2d):
         return _avgpool(node, x, dtype)
     raise TypeError(f"{node.label} is not a linear node")
 
 
-def _conv2d_numpy(node: Conv2d, x: np.ndarray, bias: bool, dtype: np.dtype) -> np.ndarray:
-    co, ci, kh, kw = node.weight.shape
+def _conv2d_numpy(node: Conv2d, x: np.ndarray, bias: bool, dtype: np.dtype, weight: np.ndarray) -> np.ndarray:
+    co, ci, kh, kw = weight.shape
     (sh, sw), (ph, pw) = node.stride, node.padding
     if ph or pw:
         x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
     # windows: (N, C_in, H_out, W_out, kh, kw) -> (N, H_out, W_out, C_out)
-    out = np.tensordot(windows, node.weight.astype(dtype, copy=False), axes=([1, 4, 5], [1, 2, 3]))
+    out = np.tensordot(windows, weight.astype(dtype, copy=False), axes=([1, 4, 5], [1, 2, 3]))
     if bias:
         out += node.bias.astype(dtype, copy=False)
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
-def _conv2d_torch(node: Conv2d, x: np.ndarray, bias: bool) -> np.ndarray:
+def _conv2d_torch(node: Conv2d, x: np.ndarray, bias: bool, weight: np.ndarray) -> np.ndarray:
     torch = _torch()
     with torch.no_grad():
         out = torch.nn.functional.conv2d(
             torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)),
-            torch.tensor(node.weight, dtype=torch.float64),
+            torch.tensor(weight, dtype=torch.float64),
             torch.tensor(node.bias, dtype=torch.float64) if bias else None,
             stride=node.stride,
             padding=node.padding,

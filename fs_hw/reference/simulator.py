@@ -21,6 +21,15 @@ downstream. Those accumulators keep their sums until their own stage starts, whi
 what aligns a residual connection that skips stages (a chip needs delays or relays for
 this). The read-out is read after the last stage.
 
+**Per-step weights.** A Dense/Conv2d with ``step_weight`` (see
+:class:`fs_hw.ir.nodes.Dense`) computes :math:`b + \sum_t W_t \cdot C(z_S(t))` from the
+raw spikes of its source ``S`` through its bias-free chain ``C``
+(:meth:`fs_hw.ir.network.Network.step_source`). The fast mode simulates S with its
+spike trains and applies the chain and ``step_weight[t]`` once per step; the spike
+mode propagates S's raw spikes ``z`` (beside the ``d``-weighted events) along the chain
+and delivers :math:`W_t \cdot C(z)` at S's step ``t``. Nodes without ``step_weight``
+cost what they cost without the feature.
+
 Arithmetic follows a :class:`fs_hw.backend.NumericProfile`: ``float64`` for the FS
 semantics of the IR, or an integer type for a chip's fixed-point state, in which case
 every weight, table entry and scaled input must be an integer and every sum is exact,
@@ -45,6 +54,56 @@ from fs_hw.ir.nodes import FSActivation, Input, Node, Readout
 from fs_hw.reference.ops import LIBRARIES, apply_linear
 
 MODES = ("fast", "spike")
+
+
+class _StepPlan:
+    """What both modes need for the network's step-weighted nodes, computed once per run.
+
+    ``weights``: ``{node: step_weight}`` in the profile's dtype (integer-valued when the
+    profile is integer, else a ValidationError naming the node); ``sources``: ``{node:
+    (source, chain)}``; ``spike_sources``: spiking nodes whose raw spikes some
+    step-weighted node reads; ``raw_nodes``: chain nodes that carry raw spikes;
+    ``needed``: nodes whose ordinary (decoded / ``d``-weighted) value something other
+    than a step-weighted node reads (the others are skipped).
+    """
+
+    def __init__(self, network: Network, profile: NumericProfile):
+        dtype = np.dtype(profile.dtype)
+        self.sources = network.step_sources
+        self.weights: dict[str, np.ndarray] = {}
+        for name in self.sources:
+            node = network.by_name[name]
+            sw = node.step_weight  # type: ignore[attr-defined]
+            if dtype.kind in "iu":
+                bad = sw != np.round(sw)
+                if bad.any():
+                    idx = tuple(int(i) for i in np.argwhere(bad)[0])
+                    raise ValidationError(
+                        node.label, "step_weight",
+                        f"profile {profile.name!r} needs integer step weights, got {sw[idx]!r} at index {idx}",
+                    )
+            self.weights[name] = sw.astype(dtype)
+        self.spike_sources = {source for source, _ in self.sources.values()}
+        self.raw_nodes = {c for _, chain in self.sources.values() for c in chain}
+        self.needed: set[str] = set()
+        for node in reversed(network.order):
+            for c in network.consumers[node.name]:
+                if c not in self.sources and (
+                    isinstance(network.by_name[c], (FSActivation, Readout)) or c in self.needed
+                ):
+                    self.needed.add(node.name)
+                    break
+
+    def bias_only(self, network: Network, node: Node, n: int, dtype: np.dtype) -> np.ndarray:
+        """A step-weighted node's output with no spikes: its bias, broadcast (its chain has none)."""
+        shape = network.shapes[node.name]
+        b = node.bias.astype(dtype).reshape(-1, *([1] * (len(shape) - 1)))  # type: ignore[attr-defined]
+        return np.broadcast_to(b, (n, *shape)).copy()
+
+    def apply(self, network: Network, node: Node, u: np.ndarray, t: int, library: str,
+              dtype: np.dtype) -> np.ndarray:
+        """``W_t · u``: the node's own bias-free operation with ``step_weight[t]``."""
+        return apply_linear(node, [u], False, library, dtype, weight=self.weights[node.name][t])
 
 
 class _Tables:
@@ -108,12 +167,13 @@ def run_reference(
         raise ValidationError("run_reference", "library", f"must be one of {LIBRARIES}, got {library!r}")
     x = prepare_inputs(network, inputs, profile)
     tables = {name: _Tables(code, profile) for name, code in network.codes.items()}
+    plan = _StepPlan(network, profile)
     step = batch_size or len(x) or 1
     parts = []
     for start in range(0, max(len(x), 1), step):
         chunk = x[start : start + step]
         runner = _run_fast if mode == "fast" else _run_spike
-        parts.append(runner(network, chunk, profile, tables, record_spikes, library))
+        parts.append(runner(network, chunk, profile, tables, record_spikes, library, plan))
         if progress is not None:
             progress.update(len(chunk))  # type: ignore[attr-defined]
     return concat_results(parts)
@@ -192,16 +252,21 @@ def _as_train(spikes: np.ndarray) -> np.ndarray:
     return np.moveaxis(np.asarray(spikes), 0, 1).astype(np.uint8)
 
 
-def _run_fast(network, x, profile, tables, record, library) -> RunResult:
+def _run_fast(network, x, profile, tables, record, library, plan) -> RunResult:
     dtype = np.dtype(profile.dtype)
     values: dict[str, np.ndarray] = {}
+    raw: dict[str, np.ndarray] = {}  # spike trains (K, N, ...) of the step-weighted nodes' sources
     counts: dict[str, np.ndarray] = {}
     trains: dict[str, np.ndarray] | None = {} if record else None
     outputs = None
     for node in network.order:
         if isinstance(node, Input):
             values[node.name] = x
+        elif node.name in plan.sources:
+            values[node.name] = _step_weighted_fast(network, node, raw, library, dtype, plan)
         elif node.linear:
+            if node.name not in plan.needed:
+                continue  # read only by step-weighted nodes, which read the raw spikes instead
             values[node.name] = apply_linear(node, [values[s] for s in node.inputs], True, library, dtype)
         elif isinstance(node, Readout):
             outputs = values[node.input]
@@ -210,15 +275,35 @@ def _run_fast(network, x, profile, tables, record, library) -> RunResult:
         if network.is_spiking(node):
             membrane = values[node.input] if isinstance(node, FSActivation) else values[node.name]
             _check_membrane(node, membrane, profile)
-            y, count, spikes = _fs(tables[node.code], membrane, record)
+            keep = node.name in plan.spike_sources
+            y, count, spikes = _fs(tables[node.code], membrane, record or keep)
             values[node.name] = y
             counts[node.name] = _count(count)
+            if keep:
+                raw[node.name] = spikes
             if record:
                 trains[node.name] = _as_train(spikes)  # type: ignore[index]
     return _result(network, outputs, counts, trains)
 
 
-def _run_spike(network, x, profile, tables, record, library) -> RunResult:
+def _step_weighted_fast(network, node, raw, library, dtype, plan) -> np.ndarray:
+    """``b + sum_t W_t · C(z_S(t))`` on whole batches: the chain once on all K steps stacked
+    along the batch, then the node once per step with ``step_weight[t]``."""
+    source, chain = plan.sources[node.name]
+    z = raw[source]  # (K, N, *shape of S), bool
+    K, n = z.shape[:2]
+    u = z.reshape(K * n, *z.shape[2:]).astype(dtype)
+    for name in chain:
+        u = apply_linear(network.by_name[name], [u], False, library, dtype)
+    u = u.reshape(K, n, *u.shape[1:])
+    out = plan.apply(network, node, u[0], 0, library, dtype)
+    for t in range(1, K):
+        out += plan.apply(network, node, u[t], t, library, dtype)
+    out += plan.bias_only(network, node, 1, dtype)
+    return out
+
+
+def _run_spike(network, x, profile, tables, record, library, plan) -> RunResult:
     dtype = np.dtype(profile.dtype)
     K = network.K
     stages = network.stages
@@ -228,7 +313,7 @@ def _run_spike(network, x, profile, tables, record, library) -> RunResult:
 
     # Bias part of every receiver's input: the linear graph with no spikes at all
     # (analog inputs, if the IR states any, enter here too).
-    base = _propagate(network, {}, x, bias=True, library=library, dtype=dtype, n=n)
+    base = _propagate(network, {}, x, bias=True, library=library, dtype=dtype, n=n, plan=plan)
     accumulators = {r.name: np.zeros((n, *network.shapes[r.name]), dtype) for r in receivers}
     membranes: dict[str, np.ndarray] = {}
     counts = {node.name: np.zeros(n, np.int64) for node in spiking}
@@ -236,6 +321,7 @@ def _run_spike(network, x, profile, tables, record, library) -> RunResult:
     last = max(stages[network.readout.name], 0) * K
     for g in range(last):
         events: dict[str, np.ndarray] = {}
+        raw: dict[str, np.ndarray] = {}  # raw spikes z (0/1) of step-weighted nodes' sources
         for node in spiking:
             t = g - stages[node.name] * K
             if not 0 <= t < K:
@@ -255,8 +341,11 @@ def _run_spike(network, x, profile, tables, record, library) -> RunResult:
                 trains[node.name][:, t] = z  # type: ignore[index]
             if z.any():
                 events[node.name] = tab.d[t] * z
+                if node.name in plan.spike_sources:
+                    raw[node.name] = z.astype(dtype)
         if events:
-            delivered = _propagate(network, events, x, bias=False, library=library, dtype=dtype, n=n)
+            delivered = _propagate(network, events, x, bias=False, library=library, dtype=dtype, n=n,
+                                   plan=plan, raw=raw, g=g)
             for r in receivers:
                 value = delivered.get(r.input)
                 if value is not None:
@@ -272,21 +361,37 @@ def _value(values: dict, name: str, n: int, network: Network, dtype) -> np.ndarr
     return np.zeros((n, *network.shapes[name]), dtype) if v is None else v
 
 
-def _propagate(network, events, x, bias, library, dtype, n) -> dict[str, np.ndarray | None]:
+def _propagate(network, events, x, bias, library, dtype, n, plan, raw=None, g=0) -> dict[str, np.ndarray | None]:
     """Values of all non-spiking nodes given the spiking nodes' events this step.
 
     With ``bias=False`` a node none of whose inputs carries an event stays ``None``
     (nothing delivered); with ``bias=True`` only biases and analog inputs enter.
+    ``raw`` holds this step's raw spikes ``z`` of step-weighted nodes' sources; they are
+    carried along the chains (``plan.raw_nodes``) and a step-weighted node receives
+    ``W_t · C(z)`` with ``t`` its source's local step at global step ``g``.
     """
     values: dict[str, np.ndarray | None] = {}
+    carried: dict[str, np.ndarray | None] = dict(raw or {})
+    stages, K = network.stages, network.K
     for node in network.order:
         if network.is_spiking(node):
             values[node.name] = events.get(node.name)
         elif isinstance(node, Input):  # analog input, stated in the IR
             values[node.name] = x if bias else None
+        elif node.name in plan.sources:
+            if bias:  # no spikes: the chain is bias-free and has no analog input
+                values[node.name] = plan.bias_only(network, node, n, dtype)
+                continue
+            u = carried.get(node.input)
+            source = plan.sources[node.name][0]
+            t = g - stages[source] * K
+            values[node.name] = None if u is None else plan.apply(network, node, u, t, library, dtype)
         elif node.linear:
+            if not bias and node.name in plan.raw_nodes:
+                u = carried.get(node.input)
+                carried[node.name] = None if u is None else apply_linear(node, [u], False, library, dtype)
             ins = [values[s] for s in node.inputs]
-            if not bias and all(v is None for v in ins):
+            if not bias and (node.name not in plan.needed or all(v is None for v in ins)):
                 values[node.name] = None
                 continue
             ins = [(_value(values, s, n, network, dtype) if v is None else v) for s, v in zip(node.inputs, ins)]

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fs_hw.ir import FSActivation, Network, Readout
+from fs_hw.lower.maps import receiver_inputs
 from fs_hw.lower.ranges import PartialSums, receiver_ranges
-from fs_hw_loihi.fixedpoint import Q_LIMIT, V_LIMIT, VTH_MAX, vth_round_up
+from fs_hw_loihi.fixedpoint import Q_LIMIT, V_LIMIT, VTH_MAX, WEIGHT_TERM_MAX, vth_round_up
 
 
 @dataclass
@@ -39,8 +40,20 @@ class LayerRange:
     low: np.ndarray
     high: np.ndarray
 
+    #: largest single weight term (|map entry| x |factor|) of any step, in units
+    weight_max: int = 0
+
+    @property
+    def excess(self) -> float:
+        """How many times too large the largest quantity is for Loihi (<= 1: fits)."""
+        return max(self.vth / VTH_MAX, self.q0_max / (Q_LIMIT - 1), self.v_max / (V_LIMIT - 1),
+                   self.weight_max / WEIGHT_TERM_MAX)
+
     @property
     def problem(self) -> str | None:
+        if self.weight_max > WEIGHT_TERM_MAX:
+            return (f"a weight of {self.weight_max} units exceeds the largest weight one synapse holds "
+                    f"exactly ({WEIGHT_TERM_MAX})")
         if self.vth > VTH_MAX:
             return f"threshold {self.vth} exceeds the largest Loihi threshold {VTH_MAX}"
         if self.q0_max >= Q_LIMIT:
@@ -87,7 +100,26 @@ def layer_range(network: Network, sums: PartialSums) -> LayerRange:
 
 def layer_ranges(network: Network, observed: dict[str, PartialSums] | None = None) -> dict[str, LayerRange]:
     """Loihi's constants of every receiver (worst case, tightened by ``observed`` data)."""
-    return {name: layer_range(network, sums) for name, sums in receiver_ranges(network, observed).items()}
+    rins = receiver_inputs(network)
+    out = {}
+    for name, sums in receiver_ranges(network, observed).items():
+        r = layer_range(network, sums)
+        r.weight_max = _weight_max(network, rins[name])
+        out[name] = r
+    return out
+
+
+def _weight_max(network: Network, rin) -> int:
+    """Largest |weight x factor| term a synapse of this receiver must hold."""
+    best = 0
+    for src in rin.maps:
+        d = network.code_of(network.by_name[src]).d.astype(np.int64)
+        seen: dict[int, int] = {}
+        for m, f in rin.steps(src, d):
+            if id(m) not in seen:
+                seen[id(m)] = m.max_abs()
+            best = max(best, seen[id(m)] * abs(f))
+    return int(best)
 
 
 def check_ranges(network: Network, observed: dict[str, PartialSums] | None = None) -> dict[str, str]:

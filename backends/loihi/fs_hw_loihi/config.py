@@ -41,6 +41,10 @@ class LoihiConfig:
     K: int | None = setting(None, "optional check of the network's steps per stage", range=(1, 64))
     d_digits: int = setting(3, "signed powers of two a fitted code's d(t) may use", range=(1, 8))
     max_d_power: int = setting(13, "largest power of two in an output weight d(t)", range=(0, 14))
+    step_weights: bool = setting(
+        True, "per-source-step weights: a layer fed by one spiking node stores, for each source step t, "
+        "w*d(t) rounded to its accumulator unit (low steps lose low bits) instead of w and d(t) exactly; "
+        "keeps 7-bit weights where the membrane range would otherwise cut them")
     seed: int = setting(0, "emulator seed (no stochastic parts are used)", range=(0, 2**31 - 1))
     range_samples: int = setting(
         200, "training images of the network's data set whose partial sums set the membrane ranges "

@@ -52,6 +52,8 @@ V_LIMIT = 2**23 // CHIP_UNIT
 VTH_UNIT = 1
 VTH_MANT_MAX = 2**17 - 1
 VTH_MAX = VTH_MANT_MAX * VTH_UNIT
+#: the largest weight term one synapse holds exactly: a 7-bit mantissa at the top exponent
+WEIGHT_TERM_MAX = MANTISSA_MAX * 2 ** (7 + WEIGHT_EXP_MAX)
 #: exponents used for constant (clock) synapses: digits of 1, 128 and 256 units
 CONSTANT_EXPONENTS = (-7, 0, 1)
 CONSTANT_LIMIT = MANTISSA_MAX * 256 + 128 + 63

@@ -38,10 +38,12 @@ from fs_hw.ir import Add, AvgPool2d, Conv2d, Dense, Flatten, FSActivation, Input
 from fs_hw.ir.code import FSCode
 from fs_hw.ir.nodes import Node
 from fs_hw_loihi.config import LoihiConfig
-from fs_hw_loihi.fixedpoint import quantize_mantissa, round_to_digits
+from fs_hw_loihi.fixedpoint import WEIGHT_TERM_MAX, quantize_mantissa, round_to_digits
 
 #: Loihi's 24-bit membrane in the program's units of 64 chip steps (fixedpoint.CHIP_UNIT)
 MEMBRANE_BITS = 18
+#: a receiver's input unit is never coarsened further than this (every weight would be 0)
+MAX_COARSEN_BITS = 24
 SUPPORTED = (Input, Dense, Conv2d, AvgPool2d, Flatten, Add, FSActivation, Readout)
 
 
@@ -116,7 +118,7 @@ def fit_profile(network: Network, config=None, calibration: np.ndarray | None = 
 
 def _fit_with(network: Network, cfg: LoihiConfig, calibration: np.ndarray | None):
     from fs_hw.lower.ranges import observe
-    from fs_hw_loihi.bounds import check_ranges
+    from fs_hw_loihi.bounds import check_ranges, layer_ranges
 
     coarsen: dict[str, int] = {}
     for _ in range(24):
@@ -139,10 +141,15 @@ def _fit_with(network: Network, cfg: LoihiConfig, calibration: np.ndarray | None
                     + " so the worst case fits Loihi's registers"
                 )
             return int_net, profile, notes, info
+        ranges = layer_ranges(int_net, observed)
         for name, problem in failing.items():
-            coarsen[name] = coarsen.get(name, 0) + 1
-            if coarsen[name] > 7:
-                raise ResourceError(f"layer {name!r}: {problem}, even with weights cut to 1 bit")
+            # coarsen by as many bits as the range is too large (at least one), in one go
+            bits = max(1, math.ceil(math.log2(ranges[name].excess)))
+            coarsen[name] = coarsen.get(name, 0) + bits
+            if coarsen[name] > MAX_COARSEN_BITS:
+                raise ResourceError(
+                    f"layer {name!r}: {problem}, even with its input's unit coarsened by {coarsen[name]} bits"
+                )
     raise ResourceError(f"could not fit the membrane ranges of {sorted(coarsen)}")
 
 
@@ -267,6 +274,13 @@ class _Quantizer:
                 wmax = float(np.abs(node.weight).max()) if node.weight.size else 0.0
                 u_in = self.unit(node.input)
                 self.prov[name] = wmax * u_in / 127.0 if wmax > 0 else u_in
+                src = self._step_source(node)
+                if src is not None and wmax > 0:
+                    # per-step weights: the finest unit at which the largest term w*d(t) still
+                    # fits one synapse (a 7-bit mantissa at the top exponent)
+                    dmax = float(np.abs(net.code_of(net.by_name[src]).d).max())
+                    top = wmax * dmax * u_in / self.d_unit[src]
+                    self.prov[name] = max(top / WEIGHT_TERM_MAX, 1e-300)
                 self.fixed[name] = False
             elif isinstance(node, (Flatten, AvgPool2d)):
                 self.fixed[name] = self.fixed[node.input]
@@ -371,9 +385,61 @@ class _Quantizer:
             )
         return FSCode(f"{code.name}@{node.name}", T, h, d, code.rule, code.provenance)
 
+    def _step_source(self, node: Dense | Conv2d) -> str | None:
+        """The spiking node whose raw spikes this node can weigh per step (its input chain
+        holds only flatten and pooling), when the config asks for per-step weights."""
+        if not self.cfg.step_weights:
+            return None
+        # a node feeding a residual add shares the add's unit with the skip path, which the
+        # membrane-range pass cannot coarsen past the skip's own unit: keep w and d(t) exact
+        if any(isinstance(n, Add) and node.name in n.inputs for n in self.net.nodes):
+            return None
+        name = node.input
+        while True:
+            n = self.net.by_name[name]
+            if self.net.is_spiking(n):
+                return name
+            if not isinstance(n, (Flatten, AvgPool2d)):
+                return None
+            name = n.input
+
+    def _step_weights(self, node: Dense | Conv2d, src: str, u: float, u_in: float) -> np.ndarray:
+        """``step_weight[t] = round(w d(t) / u)`` in the node's output unit ``u``, each step a
+        7-bit mantissa times a power of two (one synapse format per step on the chip)."""
+        d = self.net.code_of(self.net.by_name[src]).d  # the float code: d(t) exactly
+        ratio = u_in / self.d_unit[src]  # the chain's unit ratio (pooling: 1 / window)
+        steps, kept = [], []
+        for t in range(len(d)):
+            values = node.weight * (float(d[t]) * ratio / u)
+            if not np.any(values):
+                steps.append(np.zeros_like(node.weight))
+                kept.append(0)
+                continue
+            W, k = quantize_mantissa(values)
+            steps.append(W.astype(np.float64))
+            kept.append(int(np.abs(W >> k).max()).bit_length() if np.any(W) else 0)
+        sw = np.stack(steps)
+        wmax = float(np.abs(node.weight).max()) if node.weight.size else 0.0
+        if wmax > 0:
+            self.notes.append(
+                f"{node.label}: per-step weights w*d(t) in unit {u:.4g}; mantissa bits kept per step t: "
+                f"{kept} (low steps carry small d(t))"
+            )
+        return sw
+
     def _weighted(self, node: Dense | Conv2d) -> Node:
         u = self.unit(node.name)
         u_in = self.unit(node.input)
+        src = self._step_source(node)
+        if src is not None and float(np.abs(node.weight).max(initial=0.0)) > 0:
+            sw = self._step_weights(node, src, u, u_in)
+            # the nominal weight (documentation: what W y would use), rounded as a 7-bit mantissa
+            W, _ = quantize_mantissa(node.weight * (u_in / u))
+            b = np.round(node.bias / u)
+            if isinstance(node, Dense):
+                return Dense(node.name, node.input, W.astype(np.float64), b, step_weight=sw)
+            return Conv2d(node.name, node.input, W.astype(np.float64), b, stride=node.stride, padding=node.padding,
+                          step_weight=sw)
         values = node.weight * (u_in / u)
         W, k = quantize_mantissa(values)
         b = np.round(node.bias / u)

@@ -218,6 +218,7 @@ class Lowering:
         self.rins: dict[str, ReceiverInput] = receiver_inputs(network)
         self.layers: dict[str, Layer] = {}
         self.pending: dict[int, list[_Pending]] = {}
+        self._dense_cache: dict[tuple[str, str], dict[int, tuple]] = {}
 
     # -- sources ----------------------------------------------------------------------
     def source_for(self, src: str, stage: int) -> Layer:
@@ -275,21 +276,26 @@ class Lowering:
             part.block.add_axon(axon)
 
     # -- data synapses ----------------------------------------------------------------
-    def _dense_synapses(self, src: Layer, sp: Part, tp: Part, Kt: int, M: np.ndarray,
+    def _dense_synapses(self, src: Layer, sp: Part, tp: Part, Kt: int, steps: list[tuple[np.ndarray, int]],
                         label: str) -> list[_Pending]:
-        sub = M[np.ix_(tp.neurons, sp.neurons)]
-        if not sub.any():
-            return []
+        """Synapses from source part ``sp`` into target part ``tp``: per source step ``s``
+        the matrix ``M_s`` times the integer factor ``f_s`` (``d(s)`` for a plain map, 1 for
+        per-step weights), as weight planes times signed powers of two of ``f_s``."""
         K = src.K
-        c, n_atoms = sub.shape
-        out = []
-        idx = np.broadcast_to((np.arange(c) * Kt)[None, :], (n_atoms, c))
         host = src.kind == "host"
+        c, n_atoms = len(tp.neurons), len(sp.neurons)
+        idx = np.broadcast_to((np.arange(c) * Kt)[None, :], (n_atoms, c))
         comp = np.arange(n_atoms) * K if host else np.arange(n_atoms * K)
-        for m, k in weight_planes(sub.T):
-            mmax = int(np.abs(m).max())
-            for s in range(K):
-                for sign, p in signed_digits(int(src.d[s])):
+        planes: dict[int, list[tuple[np.ndarray, int]]] = {}  # a plain map is shared by every step
+        out = []
+        for s, (M, f) in enumerate(steps):
+            if f == 0:
+                continue
+            if id(M) not in planes:
+                planes[id(M)] = weight_planes(M[np.ix_(tp.neurons, sp.neurons)].T)
+            for m, k in planes[id(M)]:
+                mmax = int(np.abs(m).max())
+                for sign, p in signed_digits(f):
                     exp, _ = synapse_exponent(mmax, k + p)
                     W = (m * sign) << (k + p)
                     syn = _synapse(f"{label}.s{s}p{p}k{k}", [W], [idx], np.zeros(Kt), np.arange(Kt), exp, 32)
@@ -300,7 +306,17 @@ class Lowering:
                     out.append(_Pending(syn, axons))
         return out
 
-    def _conv_synapses(self, src: Layer, tp: Part, Kt: int, cm: ConvMap, label: str) -> list[_Pending]:
+    def _conv_synapses(self, src: Layer, tp: Part, Kt: int, steps: list[tuple[ConvMap, int]],
+                       label: str) -> list[_Pending]:
+        """Conv synapses into target part ``tp``: rows are kernel slices shared by the source
+        pixels with the same border pattern; per source step ``s`` the kernel ``M_s`` times
+        the factor ``f_s`` (see :meth:`_dense_synapses`)."""
+        cm = steps[0][0]
+        # taps used by any step (per-step kernels may round some taps to zero)
+        support = np.zeros(cm.kernel.shape, bool)
+        for m, f in steps:
+            if f:
+                support |= m.kernel != 0
         Co, Ci, kh, kw = cm.kernel.shape
         _, H, W = cm.in_shape
         # source rows/cols the map does not read (a pooling's dropped tail) get no synapse
@@ -314,7 +330,9 @@ class Lowering:
         patterns: dict[tuple, int] = {}
         pattern_list: list[tuple] = []
         pix_axon: dict[int, tuple[int, int]] = {}  # source pixel -> (weight idx, base of t=0)
-        for r in range(Hu):
+        # only source rows that output rows [y_lo, y_hi] of this part read
+        y_lo, y_hi = q0 // Wo, (q1 - 1) // Wo
+        for r in range(max(0, y_lo * sh - ph), min(Hu, y_hi * sh - ph + kh)):
             ys = [y for y in range(max(0, -(-(r + ph - kh + 1) // sh)), min(Ho - 1, (r + ph) // sh) + 1)
                   if 0 <= r + ph - y * sh < kh]
             if not ys:
@@ -331,7 +349,7 @@ class Lowering:
                         if not q0 <= q < q1:
                             continue
                         for f in range(f0, f1):
-                            if cm.kernel[f, :, dy, dx].any():
+                            if support[f, :, dy, dx].any():
                                 entries.append((((q - q0) * Cp + f - f0) * Kt, f, dy, dx))
                 if not entries:
                     continue
@@ -344,44 +362,51 @@ class Lowering:
                 pix_axon[r * W + col] = (patterns[key], base - offset)
         if not pix_axon:
             return []
-        pixels = sorted(pix_axon)
-        axon_of = {p: i for i, p in enumerate(pixels)}
-        a2w = np.array([pix_axon[p][0] for p in pixels for _ in range(Kt)])
-        bases = np.array([pix_axon[p][1] + t for p in pixels for t in range(Kt)])
-        out = []
+        pixels = np.array(sorted(pix_axon), np.int64)
+        axon_of = np.full(H * W, -1, np.int64)  # source pixel -> its axon group (-1: not read)
+        axon_of[pixels] = np.arange(len(pixels))
+        a2w = np.repeat([pix_axon[int(p)][0] for p in pixels], Kt)
+        bases = np.array([pix_axon[int(p)][1] + t for p in pixels for t in range(Kt)])
         K = src.K
-        for mk, k in weight_planes(cm.kernel):
-            mmax = int(np.abs(mk).max())
-            rows = []
-            idxs = []
-            for entries, offset in pattern_list:
-                cols = np.array([[mk[f, ci, dy, dx] for (_, f, dy, dx) in entries] for ci in range(Ci)], np.int64)
-                rows.append(cols)
-                idxs.append(np.broadcast_to(np.array([e[0] + offset for e in entries])[None, :],
-                                            (Ci, len(entries))))
-            if not any(r.any() for r in rows):
+        host = src.kind == "host"
+        # per source part (once): its compartments' pixel, channel, and whether this part reads it
+        sources = []
+        for sp in src.parts:
+            comp = np.arange(sp.n) * K if host else np.arange(sp.n * K)
+            neuron = comp // K
+            pix = sp.pixels[0] + neuron // sp.n_channels
+            group = axon_of[pix]
+            if (group >= 0).any():
+                ch = sp.channels[0] + neuron % sp.n_channels
+                sources.append((sp, comp, group, ch))
+        idxs = [np.broadcast_to(np.array([e[0] + offset for e in entries])[None, :], (Ci, len(entries)))
+                for entries, offset in pattern_list]
+        planes: dict[int, list[tuple[list, int, int]]] = {}  # id(kernel map) -> [(rows, shift, max |m|)]
+        out = []
+        for s, (sm, fs) in enumerate(steps):
+            if fs == 0:
                 continue
-            for s in range(K):
-                for sign, p in signed_digits(int(src.d[s])):
+            if id(sm) not in planes:
+                planes[id(sm)] = []
+                for mk, k in weight_planes(sm.kernel):
+                    rows = [np.array([[mk[f, ci, dy, dx] for (_, f, dy, dx) in entries] for ci in range(Ci)],
+                                     np.int64) for entries, _ in pattern_list]
+                    if any(r.any() for r in rows):
+                        planes[id(sm)].append((rows, k, int(np.abs(mk).max())))
+            for rows, k, mmax in planes[id(sm)]:
+                for sign, p in signed_digits(fs):
                     exp, _ = synapse_exponent(mmax, k + p)
                     W = [(r * sign) << (k + p) for r in rows]
                     syn = _synapse(f"{label}.s{s}p{p}k{k}", W, idxs, a2w, bases, exp, 32)
                     axons = []
-                    for sp in src.parts:
-                        pa, pb = sp.pixels
-                        n_pix = pb - pa
-                        comp = np.arange(sp.n) * K if src.kind == "host" else np.arange(sp.n * K)
-                        neuron = comp // K
-                        pix = pa + neuron // sp.n_channels
-                        ch = sp.channels[0] + neuron % sp.n_channels
-                        valid = np.isin(pix, pixels)
-                        if src.kind != "host":
-                            valid &= comp % K == s
+                    for sp, comp, group, ch in sources:
+                        valid = group >= 0
+                        if not host:
+                            valid = valid & (comp % K == s)
                         if not valid.any():
                             continue
-                        base_ids = np.array([axon_of.get(int(q), -1) for q in range(pa, pa + n_pix)])
                         for t in range(Kt):
-                            cmap = np.where(valid, base_ids[pix - pa] * Kt + t, -1)
+                            cmap = np.where(valid, group * Kt + t, -1)
                             axons.append((sp, _axon(f"{label}.s{s}t{t}", syn, cmap, ch), s))
                     out.append(_Pending(syn, axons))
         return out
@@ -390,15 +415,27 @@ class Lowering:
         """Data synapses of one target part (not attached)."""
         rin = self.rins[target.name]
         out = []
-        for src_name, m in rin.maps.items():
+        for src_name in rin.maps:
             src = self.source_for(src_name, target.stage - 1)
             lab = f"{label}<{src_name}"
-            if isinstance(m, ConvMap) and target.image and src.image and m.out_shape == target.shape:
-                out += self._conv_synapses(src, tp, target.K, m, lab)
+            steps = rin.steps(src_name, src.d)
+            if (target.image and src.image
+                    and all(isinstance(m, ConvMap) and m.out_shape == target.shape for m, _ in steps)):
+                out += self._conv_synapses(src, tp, target.K, steps, lab)
             else:
-                M = m.to_dense() if isinstance(m, ConvMap) else m.matrix
+                dense = self._dense_steps(target.name, src_name, steps)
                 for i, sp in enumerate(src.parts):
-                    out += self._dense_synapses(src, sp, tp, target.K, M, f"{lab}[{i}]")
+                    out += self._dense_synapses(src, sp, tp, target.K, dense, f"{lab}[{i}]")
+        return out
+
+    def _dense_steps(self, target: str, src: str, steps: list) -> list[tuple[np.ndarray, int]]:
+        """``steps`` with every map as a dense int64 matrix (one per distinct map, cached)."""
+        cache = self._dense_cache.setdefault((target, src), {})
+        out = []
+        for m, f in steps:
+            if id(m) not in cache:
+                cache[id(m)] = (m, m.to_dense())  # keep m alive so its id stays unique
+            out.append((cache[id(m)][1], f))
         return out
 
     def _inhibition(self, layer: Layer, tp: Part, label: str) -> list[Synapse]:

@@ -107,8 +107,6 @@ def summarize(program: Program, cores_by_layer: dict[str, int]) -> Resources:
         data_entries += entries
         data_bits += bits
         if layer.kind in ("fs", "readout"):
-            from fs_hw.lower.maps import ConvMap
-
             rin = program_maps(program).get(name)
             weights = 0
             if rin is not None:
@@ -121,8 +119,8 @@ def summarize(program: Program, cores_by_layer: dict[str, int]) -> Resources:
                 weights=int(weights), synapse_entries=int(entries),
                 split=getattr(layer, "split_reason", ""),
                 inputs=tuple(sorted(rin.maps)) if rin else (),
-                connection_kinds=tuple(sorted({"conv" if isinstance(m, ConvMap) and layer.image else "dense"
-                                               for m in rin.maps.values()})) if rin else (),
+                connection_kinds=tuple(sorted({k for m in rin.maps.values() for k in _kinds(m, layer.image)})) if rin
+                else (),
             )
         elif layer.kind == "relay":
             per_layer[name] = LayerResources(
@@ -157,6 +155,16 @@ def summarize(program: Program, cores_by_layer: dict[str, int]) -> Resources:
         layers=per_layer,
         extra=extra,
     )
+
+
+def _kinds(m, image: bool) -> tuple[str, ...]:
+    """How a map is stored: ``conv`` (rows shared across positions) or ``dense``, plus
+    ``per-step`` when each source step has its own weights."""
+    from fs_hw.lower.maps import ConvMap, StepMap
+
+    first = m.steps[0] if isinstance(m, StepMap) else m
+    kind = "conv" if isinstance(first, ConvMap) and image else "dense"
+    return (kind, "per-step") if isinstance(m, StepMap) else (kind,)
 
 
 def program_maps(program: Program):

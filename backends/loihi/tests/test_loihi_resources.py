@@ -55,7 +55,7 @@ def test_resources_reported():
     # dense layers with full weight rows: exactly K synapse entries per weight
     assert res.extra["synapse_entries_per_weight"] == net.K
     for layer in res.layers.values():
-        assert layer.entries_per_weight == net.K and layer.connection_kinds == ("dense",)
+        assert layer.entries_per_weight == net.K and "dense" in layer.connection_kinds
     assert res.to_dict()["layers"]["fs0"]["parts"] == 1
 
 
@@ -94,7 +94,8 @@ def test_refused_when_board_too_small():
 
 
 def test_refused_when_fan_in_exceeds_a_core():
-    net = _mlp(12000, 2)
+    # one neuron's 8 compartments, each reading 40000 inputs per source step: above 1 Mbit
+    net = _mlp(40000, 2)
     with pytest.raises(ResourceError) as err:
         LoihiBackend().lower(net, {})
     msg = str(err.value)

@@ -1,0 +1,87 @@
+"""The hardware-neutral partitioner (fs_hw/lower/partition.py) against synthetic cores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fs_hw.errors import ResourceError
+from fs_hw.lower.limits import Limit, LimitTable
+from fs_hw.lower.partition import layer_parts, partition_layer
+
+LIMITS = LimitTable((
+    Limit("units", 1024, "compartments", "core"),
+    Limit("memory", 4000, "synapse entries", "core"),
+    Limit("axons", 300, "input axons", "core"),
+))
+
+
+def conv_like(K: int = 4, taps: int = 9, c_in: int = 16, in_pixels_per_out: int = 1):
+    """A core holding c channels x p pixels of a 3x3 conv: memory grows with channels x taps
+    x input channels per input pattern, axons with the input pixels read."""
+
+    def cost(part):
+        c, p = part.n_channels, part.pixels[1] - part.pixels[0]
+        return {"units": c * p * K, "memory": c * taps * c_in * K,
+                "axons": (p + 2) * in_pixels_per_out * K}
+    return cost
+
+
+@pytest.mark.parametrize("shape,c,p,n", [((6, 4, 5), 4, 7, None), ((6, 4, 5), None, 3, None),
+                                         ((3, 1, 1), 1, None, None), ((37,), None, None, 10)])
+def test_parts_cover_every_neuron_once(shape, c, p, n):
+    parts = layer_parts(shape, c, p, n)
+    flat = np.concatenate([q.neurons for q in parts])
+    assert np.array_equal(np.sort(flat), np.arange(int(np.prod(shape))))
+    if len(shape) == 3:
+        C, H, W = shape
+        for q in parts:
+            # local order: pixel-major, then channel, as local_index says
+            for f in range(*q.channels):
+                for pix in range(*q.pixels):
+                    assert q.neurons[q.local_index(f, pix)] == f * H * W + pix
+
+
+def test_whole_layer_on_one_core_when_it_fits():
+    split = partition_layer("small", (4, 3, 3), conv_like(K=2, c_in=4), LIMITS)
+    assert len(split.parts) == 1
+    assert "fits one core" in split.why
+
+
+def test_channel_split_when_one_pixel_with_all_channels_is_too_big():
+    # 64 channels x 9 taps x 16 inputs x 4 steps = 36864 entries for one pixel: above 4000,
+    # so only channel blocks fit (6 channels: 3456 entries)
+    split = partition_layer("res3", (64, 8, 8), conv_like(), LIMITS)
+    assert split.channels_per_part is not None and split.channels_per_part < 64
+    use = conv_like()(split.parts[0])
+    assert all(use[k] <= LIMITS.value(k) for k in use)
+    assert "channels of one pixel exceed synapse entries per core" in split.why
+    flat = np.sort(np.concatenate([q.neurons for q in split.parts]))
+    assert np.array_equal(flat, np.arange(64 * 64))
+
+
+def test_pixel_split_when_axons_bind():
+    # memory is small; axons (p + 2) * 4 <= 300 allows at most 73 pixels a part
+    split = partition_layer("wide", (2, 16, 16), conv_like(K=4, taps=1, c_in=1), LIMITS)
+    assert split.channels_per_part == 2
+    assert split.pixels_per_part <= 73
+    assert "would exceed" in split.why
+
+
+def test_vector_layer_split_and_cap():
+    cost = lambda part: {"units": part.n * 8, "memory": part.n * 30, "axons": 8}  # noqa: E731
+    split = partition_layer("fc", (300,), cost, LIMITS)
+    # 128 * 8 = 1024 compartments: 3 parts, balanced to 100 neurons each
+    assert len(split.parts) == 3
+    assert split.neurons_per_part == 100 and all(p.n == 100 for p in split.parts)
+    capped = partition_layer("fc", (300,), cost, LIMITS, max_neurons=50)
+    assert max(p.n for p in capped.parts) <= 50
+
+
+def test_refusal_names_layer_limit_and_numbers():
+    cost = lambda part: {"units": part.n * 8, "memory": 10, "axons": 5000}  # noqa: E731
+    with pytest.raises(ResourceError) as exc:
+        partition_layer("fc7", (10,), cost, LIMITS, units_per_neuron=8, unit_name="compartments")
+    msg = str(exc.value)
+    assert "layer 'fc7'" in msg and "5000 input axons per core" in msg and "limit 300" in msg
+    assert "one neuron per core" in msg and "fan-in" in msg
