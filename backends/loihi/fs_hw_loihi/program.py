@@ -50,6 +50,7 @@ from fs_hw.errors import ResourceError, UnsupportedError
 from fs_hw.ir import FSActivation, Network, Readout
 from fs_hw.lower.maps import ConvMap, ReceiverInput, receiver_inputs
 from fs_hw.lower.partition import PartSpec, layer_parts, partition_layer
+from fs_hw.lower.schedule import Relay, relay_name, relay_plan
 from fs_hw_loihi.bounds import LayerRange, layer_ranges
 from fs_hw_loihi.config import LOIHI_LIMITS, LoihiConfig
 from fs_hw_loihi.fixedpoint import (
@@ -219,6 +220,7 @@ class Lowering:
         self.layers: dict[str, Layer] = {}
         self.pending: dict[int, list[_Pending]] = {}
         self._dense_cache: dict[tuple[str, str], dict[int, tuple]] = {}
+        self._part_layer: dict[int, Layer] = {}  # id(part) -> its layer
 
     # -- sources ----------------------------------------------------------------------
     def source_for(self, src: str, stage: int) -> Layer:
@@ -232,20 +234,21 @@ class Lowering:
             return layer
         if layer.stage == stage:
             return layer
-        if layer.stage > stage:
-            raise UnsupportedError(f"layer {src!r} is read before it decides")
-        prev = self.source_for(src, stage - 1)
-        key = f"{src}@relay{stage}"
-        if key not in self.layers:
-            relay = Layer(key, "relay", layer.shape, self.K, stage, d=layer.d, source=src)
-            relay.parts = []
-            for i, p in enumerate(prev.parts):
-                part = Part(p.neurons.copy(), pixels=p.pixels, channels=p.channels)
-                part.block = _block(f"{key}[{i}]", part.n * self.K, RELAY_VTH)
-                relay.parts.append(part)
-                self._relay_synapse(prev, p, part, key, i)
-            self.layers[key] = relay
+        key = relay_name(src, stage)
+        if key not in self.layers:  # the relay plan (fs_hw.lower.schedule) made every copy
+            raise UnsupportedError(f"layer {src!r} is read at stage {stage}, which no relay of the plan covers")
         return self.layers[key]
+
+    def _make_relay(self, relay: Relay) -> None:
+        """One relay copy of the plan: latches re-firing ``relay.previous``'s spikes K steps later."""
+        prev = self.layers[relay.previous]
+        layer = Layer(relay.name, "relay", prev.shape, self.K, relay.stage, d=prev.d, source=relay.source)
+        for i, p in enumerate(prev.parts):
+            part = Part(p.neurons.copy(), pixels=p.pixels, channels=p.channels)
+            part.block = _block(f"{relay.name}[{i}]", part.n * self.K, RELAY_VTH)
+            layer.parts.append(part)
+            self._relay_synapse(prev, p, part, relay.name, i)
+        self.layers[relay.name] = layer
 
     def _relay_synapse(self, prev: Layer, sp: Part, tp: Part, key: str, i: int) -> None:
         K, n = self.K, sp.n
@@ -579,6 +582,9 @@ class Lowering:
         start = SpikeInput(1, label="clock.start")
         start.add_axon(_axon("clock.start", start_syn, np.zeros(1), np.zeros(1)))
 
+        relays: dict[str, list[Relay]] = {}
+        for relay in relay_plan(net, host_delays=True):  # the host re-sends its input instead
+            relays.setdefault(relay.source, []).append(relay)
         receivers = [n for n in net.order if isinstance(n, (FSActivation, Readout))]
         for node in receivers:
             kind = "fs" if isinstance(node, FSActivation) else "readout"
@@ -600,6 +606,8 @@ class Lowering:
                 if kind == "fs":
                     for syn in self._inhibition(layer, tp, label):
                         tp.block.add_synapse(syn)
+            for relay in relays.get(node.name, ()):  # after the layer's cores exist
+                self._make_relay(relay)
         # clock synapses for every receiving part (relays included)
         for layer in self.layers.values():
             if layer.kind == "host":
@@ -637,10 +645,9 @@ class Lowering:
         return program
 
     def _layer_of_part(self, part: Part) -> Layer:
-        for layer in self.layers.values():
-            if any(p is part for p in layer.parts):
-                return layer
-        raise KeyError("part not in any layer")
+        if len(self._part_layer) != sum(len(layer.parts) for layer in self.layers.values()):
+            self._part_layer = {id(p): layer for layer in self.layers.values() for p in layer.parts}
+        return self._part_layer[id(part)]
 
 
 def lower_network(network: Network, config: LoihiConfig, observed: dict | None = None) -> Program:
