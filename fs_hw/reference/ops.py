@@ -41,7 +41,7 @@ def apply_linear(node: Node, values: list[np.ndarray], bias: bool, library: str 
         return x.reshape(x.shape[0], -1)
     if isinstance(node, Dense):
         w = (node.weight if weight is None else weight).astype(dtype, copy=False)
-        out = x @ w.T
+        out = exact_matmul(x, w.T) if dtype.kind in "iu" else x @ w.T
         if bias:
             out += node.bias.astype(dtype, copy=False)
         return out
@@ -62,10 +62,68 @@ def _conv2d_numpy(node: Conv2d, x: np.ndarray, bias: bool, dtype: np.dtype, weig
         x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
     # windows: (N, C_in, H_out, W_out, kh, kw) -> (N, H_out, W_out, C_out)
-    out = np.tensordot(windows, weight.astype(dtype, copy=False), axes=([1, 4, 5], [1, 2, 3]))
+    w = weight.astype(dtype, copy=False)
+    if dtype.kind in "iu":
+        out = exact_conv(x, w, node.stride)
+        if bias:
+            out += node.bias.astype(dtype, copy=False)[None, :, None, None]
+        return out
+    out = np.tensordot(windows, w, axes=([1, 4, 5], [1, 2, 3]))
     if bias:
         out += node.bias.astype(dtype, copy=False)
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+#: float64 holds every integer below 2**53 exactly
+_EXACT_FLOAT = 2.0**53
+
+
+def exact_tensordot(a: np.ndarray, b: np.ndarray, axes, b_abs_sums: np.ndarray) -> np.ndarray:
+    """``np.tensordot`` of integer arrays, exactly, through float64 BLAS when every sum is
+    provably below 2**53 (``max|a| * max(b_abs_sums)``, the largest possible |sum|), else in
+    int64 (exact, much slower: numpy has no integer BLAS)."""
+    amax = float(np.abs(a).max(initial=0))
+    bound = amax * float(np.max(b_abs_sums, initial=0))
+    if bound < _EXACT_FLOAT:
+        out = np.tensordot(a.astype(np.float64), b.astype(np.float64), axes=axes)
+        return np.rint(out).astype(a.dtype if a.dtype.kind in "iu" else np.int64)
+    return np.tensordot(a, b, axes=axes)
+
+
+def exact_conv(x: np.ndarray, w: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
+    """Cross-correlation of integer arrays (``x`` already padded), exactly: in float64 (torch's
+    conv2d when torch is installed, else one BLAS product per kernel tap) when every sum is
+    provably below 2**53, else in int64. Returns (N, C_out, H', W') int64."""
+    co, ci, kh, kw = w.shape
+    (sh, sw) = stride
+    n, _, hp, wp = x.shape
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    bound = float(np.abs(x).max(initial=0)) * float(np.abs(w).reshape(co, -1).sum(axis=1).max(initial=0))
+    if bound >= _EXACT_FLOAT:
+        windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+        out = np.tensordot(windows, w, axes=([1, 4, 5], [1, 2, 3]))
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2)).astype(np.int64)
+    xf, wf = np.ascontiguousarray(x, np.float64), np.ascontiguousarray(w, np.float64)
+    try:
+        torch = _torch()
+    except Exception:  # torch is optional: the numpy path below is exact too
+        torch = None
+    if torch is not None:
+        with torch.no_grad():
+            out = torch.nn.functional.conv2d(torch.from_numpy(xf), torch.from_numpy(wf), stride=stride).numpy()
+    else:
+        out = np.zeros((co, n, ho, wo))
+        for dy in range(kh):
+            for dx in range(kw):
+                xs = xf[:, :, dy:dy + sh * (ho - 1) + 1:sh, dx:dx + sw * (wo - 1) + 1:sw]
+                out += np.tensordot(wf[:, :, dy, dx], xs, axes=([1], [1]))
+        out = out.transpose(1, 0, 2, 3)
+    return np.rint(out).astype(np.int64)
+
+
+def exact_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``x @ w`` of integer arrays (``w``: (n_in, n_out)), exactly (see :func:`exact_tensordot`)."""
+    return exact_tensordot(x, w, ([x.ndim - 1], [0]), np.abs(w).sum(axis=0))
 
 
 def _conv2d_torch(node: Conv2d, x: np.ndarray, bias: bool, weight: np.ndarray) -> np.ndarray:

@@ -175,8 +175,11 @@ def _synapse(label, weights, indices, axon_to_weight, bases, exp, pop_type) -> S
     return syn
 
 
-def _axon(label: str, target: Synapse, comp_map: np.ndarray, atoms: np.ndarray) -> Axon:
-    n = int(np.unique(comp_map[comp_map >= 0]).size)
+def _axon(label: str, target: Synapse, comp_map: np.ndarray, atoms: np.ndarray, n: int | None = None) -> Axon:
+    """An axon of the compartments ``comp_map >= 0``; ``n`` (their distinct axon indices)
+    when the caller knows it."""
+    if n is None:
+        n = int(np.unique(comp_map[comp_map >= 0]).size)
     ax = Axon(max(n, 1), label=label)
     ax.target = target
     ax.set_compartment_axon_map(np.asarray(comp_map, np.int32), atoms=np.asarray(atoms, np.int32))
@@ -389,6 +392,14 @@ class Lowering:
         for s, (sm, fs) in enumerate(steps):
             if fs == 0:
                 continue
+            # the source compartments that send at step s: the same for every plane and digit
+            senders = []
+            for sp, comp, group, ch in sources:
+                valid = group >= 0
+                if not host:
+                    valid = valid & (comp % K == s)
+                if valid.any():
+                    senders.append((sp, valid, group, ch, int(np.unique(group[valid]).size)))
             if id(sm) not in planes:
                 planes[id(sm)] = []
                 for mk, k in weight_planes(sm.kernel):
@@ -402,15 +413,10 @@ class Lowering:
                     W = [(r * sign) << (k + p) for r in rows]
                     syn = _synapse(f"{label}.s{s}p{p}k{k}", W, idxs, a2w, bases, exp, 32)
                     axons = []
-                    for sp, comp, group, ch in sources:
-                        valid = group >= 0
-                        if not host:
-                            valid = valid & (comp % K == s)
-                        if not valid.any():
-                            continue
+                    for sp, valid, group, ch, n_ax in senders:
                         for t in range(Kt):
                             cmap = np.where(valid, group * Kt + t, -1)
-                            axons.append((sp, _axon(f"{label}.s{s}t{t}", syn, cmap, ch), s))
+                            axons.append((sp, _axon(f"{label}.s{s}t{t}", syn, cmap, ch, n_ax), s))
                     out.append(_Pending(syn, axons))
         return out
 
