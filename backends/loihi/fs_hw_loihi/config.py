@@ -45,6 +45,10 @@ class LoihiConfig:
         True, "per-source-step weights: a layer fed by one spiking node stores, for each source step t, "
         "w*d(t) rounded to its accumulator unit (low steps lose low bits) instead of w and d(t) exactly; "
         "keeps 7-bit weights where the membrane range would otherwise cut them")
+    synapse_rows: str = setting(
+        "auto", "synapse rows: 'shared' (one row per source pixel reused by K axons: least memory), "
+        "'replicated' (rows hold all K decision units: K times fewer input and output axons), or 'auto' "
+        "(per layer, whichever needs fewer cores)", choices=("auto", "shared", "replicated"))
     seed: int = setting(0, "emulator seed (no stochastic parts are used)", range=(0, 2**31 - 1))
     range_samples: int = setting(
         200, "training images of the network's data set whose partial sums set the membrane ranges "

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from nengo_loihi.block import (
     MAX_COMPARTMENTS,
+    MAX_OUT_AXONS,
     Axon,
     LoihiBlock,
     Synapse,
@@ -132,6 +133,7 @@ class Program:
     clock_start: SpikeInput
     resources: dict[str, Any]
     config: LoihiConfig
+    clock_cores: int = 1
 
     def origin(self, n: int) -> int:
         """Emulator step tau_n of sample ``n`` (its stage-0 step 0)."""
@@ -224,6 +226,7 @@ class Lowering:
         self.pending: dict[int, list[_Pending]] = {}
         self._dense_cache: dict[tuple[str, str], dict[int, tuple]] = {}
         self._part_layer: dict[int, Layer] = {}  # id(part) -> its layer
+        self.replicate: dict[str, bool] = {}  # conv layers whose rows hold all K decision units
 
     # -- sources ----------------------------------------------------------------------
     def source_for(self, src: str, stage: int) -> Layer:
@@ -283,14 +286,22 @@ class Lowering:
 
     # -- data synapses ----------------------------------------------------------------
     def _dense_synapses(self, src: Layer, sp: Part, tp: Part, Kt: int, steps: list[tuple[np.ndarray, int]],
-                        label: str) -> list[_Pending]:
+                        label: str, replicate: bool = False) -> list[_Pending]:
         """Synapses from source part ``sp`` into target part ``tp``: per source step ``s``
         the matrix ``M_s`` times the integer factor ``f_s`` (``d(s)`` for a plain map, 1 for
-        per-step weights), as weight planes times signed powers of two of ``f_s``."""
+        per-step weights), as weight planes times signed powers of two of ``f_s``.
+
+        Rows are shared by the ``Kt`` decision units (``Kt`` axons with compartment bases
+        ``t``), or with ``replicate`` hold an entry for each of them (one axon)."""
         K = src.K
         host = src.kind == "host"
         c, n_atoms = len(tp.neurons), len(sp.neurons)
-        idx = np.broadcast_to((np.arange(c) * Kt)[None, :], (n_atoms, c))
+        n_t = 1 if replicate else Kt
+        if replicate:
+            cols = (np.arange(c)[:, None] * Kt + np.arange(Kt)[None, :]).reshape(-1)
+            idx = np.broadcast_to(cols[None, :], (n_atoms, c * Kt))
+        else:
+            idx = np.broadcast_to((np.arange(c) * Kt)[None, :], (n_atoms, c))
         comp = np.arange(n_atoms) * K if host else np.arange(n_atoms * K)
         planes: dict[int, list[tuple[np.ndarray, int]]] = {}  # a plain map is shared by every step
         out = []
@@ -304,16 +315,18 @@ class Lowering:
                 for sign, p in signed_digits(f):
                     exp, _ = synapse_exponent(mmax, k + p)
                     W = (m * sign) << (k + p)
-                    syn = _synapse(f"{label}.s{s}p{p}k{k}", [W], [idx], np.zeros(Kt), np.arange(Kt), exp, 32)
+                    if replicate:
+                        W = np.repeat(W, Kt, axis=1)
+                    syn = _synapse(f"{label}.s{s}p{p}k{k}", [W], [idx], np.zeros(n_t), np.arange(n_t), exp, 32)
                     axons = []
-                    for t in range(Kt):
+                    for t in range(n_t):
                         cmap = np.full(comp.size, t) if host else np.where(comp % K == s, t, -1)
                         axons.append((sp, _axon(f"{label}.s{s}t{t}", syn, cmap, comp // K), s))
                     out.append(_Pending(syn, axons))
         return out
 
     def _conv_synapses(self, src: Layer, tp: Part, Kt: int, steps: list[tuple[ConvMap, int]],
-                       label: str) -> list[_Pending]:
+                       label: str, tp_layer: str = "") -> list[_Pending]:
         """Conv synapses into target part ``tp``: rows are kernel slices shared by the source
         pixels with the same border pattern; per source step ``s`` the kernel ``M_s`` times
         the factor ``f_s`` (see :meth:`_dense_synapses`)."""
@@ -333,6 +346,12 @@ class Lowering:
         f0, f1 = tp.channels
         Cp = f1 - f0
         G = 256 - (Kt - 1)
+        # shared rows: one axon per (source pixel, t) reuses the row with base t (memory x1,
+        # axons x Kt); replicated rows hold the Kt decision units' entries themselves (memory
+        # x Kt, one axon per source pixel): the partitioner picks what fits in fewer cores
+        replicate = self.replicate.get(tp_layer, False)
+        t_in_row = range(Kt) if replicate else (0,)
+        n_t = 1 if replicate else Kt
         patterns: dict[tuple, int] = {}
         pattern_list: list[tuple] = []
         pix_axon: dict[int, tuple[int, int]] = {}  # source pixel -> (weight idx, base of t=0)
@@ -356,7 +375,8 @@ class Lowering:
                             continue
                         for f in range(f0, f1):
                             if support[f, :, dy, dx].any():
-                                entries.append((((q - q0) * Cp + f - f0) * Kt, f, dy, dx))
+                                for t in t_in_row:
+                                    entries.append((((q - q0) * Cp + f - f0) * Kt + t, f, dy, dx))
                 if not entries:
                     continue
                 base = min(e[0] for e in entries)
@@ -371,8 +391,8 @@ class Lowering:
         pixels = np.array(sorted(pix_axon), np.int64)
         axon_of = np.full(H * W, -1, np.int64)  # source pixel -> its axon group (-1: not read)
         axon_of[pixels] = np.arange(len(pixels))
-        a2w = np.repeat([pix_axon[int(p)][0] for p in pixels], Kt)
-        bases = np.array([pix_axon[int(p)][1] + t for p in pixels for t in range(Kt)])
+        a2w = np.repeat([pix_axon[int(p)][0] for p in pixels], n_t)
+        bases = np.array([pix_axon[int(p)][1] + t for p in pixels for t in range(n_t)])
         K = src.K
         host = src.kind == "host"
         # per source part (once): its compartments' pixel, channel, and whether this part reads it
@@ -414,8 +434,8 @@ class Lowering:
                     syn = _synapse(f"{label}.s{s}p{p}k{k}", W, idxs, a2w, bases, exp, 32)
                     axons = []
                     for sp, valid, group, ch, n_ax in senders:
-                        for t in range(Kt):
-                            cmap = np.where(valid, group * Kt + t, -1)
+                        for t in range(n_t):
+                            cmap = np.where(valid, group * n_t + t, -1)
                             axons.append((sp, _axon(f"{label}.s{s}t{t}", syn, cmap, ch, n_ax), s))
                     out.append(_Pending(syn, axons))
         return out
@@ -430,11 +450,12 @@ class Lowering:
             steps = rin.steps(src_name, src.d)
             if (target.image and src.image
                     and all(isinstance(m, ConvMap) and m.out_shape == target.shape for m, _ in steps)):
-                out += self._conv_synapses(src, tp, target.K, steps, lab)
+                out += self._conv_synapses(src, tp, target.K, steps, lab, target.name)
             else:
                 dense = self._dense_steps(target.name, src_name, steps)
                 for i, sp in enumerate(src.parts):
-                    out += self._dense_synapses(src, sp, tp, target.K, dense, f"{lab}[{i}]")
+                    out += self._dense_synapses(src, sp, tp, target.K, dense, f"{lab}[{i}]",
+                                                self.replicate.get(target.name, False))
         return out
 
     def _dense_steps(self, target: str, src: str, steps: list) -> list[tuple[np.ndarray, int]]:
@@ -556,10 +577,36 @@ class Lowering:
         cap = MAX_COMPARTMENTS // layer.K
         if layer.name in self.per_core_override:
             cap = min(cap, self.per_core_override[layer.name])
-        split = partition_layer(layer.name, layer.shape, lambda spec: self._cost(layer, spec), LOIHI_LIMITS,
-                                max_neurons=max(1, cap), unit_name="compartments", units_per_neuron=layer.K)
-        layer.split_reason = split.why
-        return [Part.of(spec) for spec in split.parts]
+        def split(replicate: bool):
+            self.replicate[layer.name] = replicate
+            return partition_layer(layer.name, layer.shape, lambda spec: self._cost(layer, spec), LOIHI_LIMITS,
+                                   max_neurons=max(1, cap), unit_name="compartments", units_per_neuron=layer.K)
+
+        chosen, mode, refusal = None, "", None
+        # tried in order, a tie keeps the first: images prefer replicated rows (a conv source
+        # pixel fans out to many parts, and replicated rows need K times fewer output axons
+        # there), vectors prefer shared rows (K times less memory)
+        if layer.K == 1:
+            modes = (("shared", False),)
+        elif layer.image:
+            modes = (("replicated", True), ("shared", False))
+        else:
+            modes = (("shared", False), ("replicated", True))
+        if self.cfg.synapse_rows != "auto":
+            modes = tuple(m for m in modes if m[0] == self.cfg.synapse_rows) or (("shared", False),)
+        for name, replicate in modes:
+            try:
+                found = split(replicate)
+            except ResourceError as exc:
+                refusal = refusal or exc
+                continue
+            if chosen is None or len(found.parts) < len(chosen.parts):
+                chosen, mode = found, name
+        if chosen is None:
+            raise refusal
+        self.replicate[layer.name] = mode == "replicated"
+        layer.split_reason = chosen.why + (f"; synapse rows {mode}" if layer.K > 1 else "")
+        return [Part.of(spec) for spec in chosen.parts]
 
     # -- main -------------------------------------------------------------------------
     def build(self) -> Program:
@@ -576,17 +623,26 @@ class Lowering:
             specs = layer_parts(inp.shape, neurons_per_part=MAX_ATOMS)
         host.parts = [Part.of(spec) for spec in specs]
         self.layers[inp.name] = host
-        # clock
-        clock = _block("clock", self.P, 64)
-        ring_w = [np.full((self.P, 1), RING_WEIGHT)]
-        ring_i = [((np.arange(self.P) + 1) % self.P)[:, None]]
-        ring = _synapse("clock.ring", ring_w, ring_i, [0], [0], 0, 32)
-        clock.add_synapse(ring)
-        clock.add_axon(_axon("clock.ring", ring, np.zeros(self.P), np.arange(self.P)))
-        start_syn = _synapse("clock.start", [np.array([[RING_WEIGHT]])], [np.array([[0]])], [0], [0], 0, 0)
-        clock.add_synapse(start_syn)
+        # clocks: one host spike starts every ring; more rings when one core's output axons
+        # cannot reach every part
         start = SpikeInput(1, label="clock.start")
-        start.add_axon(_axon("clock.start", start_syn, np.zeros(1), np.zeros(1)))
+        clocks: list[list] = []  # [block, output axon slots used]
+
+        def new_clock():
+            label = f"clock{len(clocks)}" if clocks else "clock"
+            clock = _block(label, self.P, 64)
+            ring_w = [np.full((self.P, 1), RING_WEIGHT)]
+            ring_i = [((np.arange(self.P) + 1) % self.P)[:, None]]
+            ring = _synapse(f"{label}.ring", ring_w, ring_i, [0], [0], 0, 32)
+            clock.add_synapse(ring)
+            ring_axon = _axon(f"{label}.ring", ring, np.zeros(self.P), np.arange(self.P))
+            clock.add_axon(ring_axon)
+            start_syn = _synapse(f"{label}.start", [np.array([[RING_WEIGHT]])], [np.array([[0]])], [0], [0], 0, 0)
+            clock.add_synapse(start_syn)
+            start.add_axon(_axon(f"{label}.start", start_syn, np.zeros(1), np.zeros(1)))
+            clocks.append([clock, ring_axon.axon_slots()])
+
+        new_clock()
 
         relays: dict[str, list[Relay]] = {}
         for relay in relay_plan(net, host_delays=True):  # the host re-sends its input instead
@@ -619,11 +675,16 @@ class Lowering:
             if layer.kind == "host":
                 continue
             for i, tp in enumerate(layer.parts):
-                for syn, ax in self._clock_synapses(layer, tp, f"{layer.name}[{i}]"):
+                pairs = self._clock_synapses(layer, tp, f"{layer.name}[{i}]")
+                slots = sum(ax.axon_slots() for _, ax in pairs)
+                if clocks[-1][1] + slots > MAX_OUT_AXONS:
+                    new_clock()
+                for syn, ax in pairs:
                     tp.block.add_synapse(syn)
-                    clock.add_axon(ax)
+                    clocks[-1][0].add_axon(ax)
+                clocks[-1][1] += slots
         # assemble the model
-        blocks = [clock]
+        blocks = [c[0] for c in clocks]
         for layer in self.layers.values():
             for tp in layer.parts:
                 if layer.kind == "host":
@@ -646,7 +707,7 @@ class Lowering:
                     model.add_probe(tp.probe)
         program = Program(
             network=net, model=model, K=K, period=self.P, readout_stage=stages[net.readout.name],
-            layers=self.layers, clock_start=start, resources={}, config=self.cfg,
+            layers=self.layers, clock_start=start, resources={}, config=self.cfg, clock_cores=len(clocks),
         )
         return program
 
@@ -661,11 +722,11 @@ def lower_network(network: Network, config: LoihiConfig, observed: dict | None =
     from fs_hw_loihi.resources import check_program
 
     overrides: dict[str, int] = {}
-    for _ in range(6):
+    for _ in range(8):
         program = Lowering(network, config, overrides, observed).build()
         shrink = check_program(program)
         if not shrink:
             return program
         for name, per_core in shrink.items():
-            overrides[name] = per_core
+            overrides[name] = min(per_core, overrides.get(name, per_core))
     raise ResourceError(f"could not partition layers {sorted(overrides)} within the out-axon limit")

@@ -42,7 +42,7 @@ def check_program(program: Program) -> dict[str, int]:
     """
     cfg = program.config
     shrink: dict[str, int] = {}
-    cores_by_layer: dict[str, int] = {"clock": 1}
+    cores_by_layer: dict[str, int] = {"clock": program.clock_cores}
     for name, layer in program.layers.items():
         if layer.kind == "host":
             continue
@@ -55,8 +55,10 @@ def check_program(program: Program) -> dict[str, int]:
                 target = layer.source if layer.kind == "relay" else name
                 if per <= 1 or layer.kind == "relay" and program.layers[target].kind == "host":
                     raise ResourceError(f"{found.message}, even with one neuron per core")
-                # re-partition that layer with at most half as many neurons a core
-                shrink[target] = max(1, per // 2)
+                # re-partition that layer with as many fewer neurons a core as the use is too
+                # large (output axons grow with the neurons a core sends from)
+                fewer = int(per * found.limit.value / found.used * 0.95)
+                shrink[target] = max(1, min(per - 1, fewer, shrink.get(target, per)))
     if shrink:
         return shrink
     total = sum(cores_by_layer.values())

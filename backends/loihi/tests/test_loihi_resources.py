@@ -71,13 +71,14 @@ def test_dense_layer_split_over_cores_by_memory():
 
 
 def test_conv_memory_grows_with_kernel_not_image():
-    small = LoihiBackend().lower(_cnn(6), {}).resources.layers["f1"]
-    large = LoihiBackend().lower(_cnn(12), {}).resources.layers["f1"]
+    small = LoihiBackend().lower(_cnn(6), {"synapse_rows": "shared"}).resources.layers["f1"]
+    large = LoihiBackend().lower(_cnn(12), {"synapse_rows": "shared"}).resources.layers["f1"]
     assert small.weights == large.weights == 4 * 4 * 9
     # each core stores the kernel (x K, x border patterns) once: per-core memory does not
     # grow with the image; a dense mapping would store n_in x n_out x K entries
     assert large.parts > small.parts
-    assert large.synapse_entries / large.parts <= 1.2 * small.synapse_entries / small.parts
+    # (1.3: a part holding a run of pixels that starts mid-row meets more border patterns)
+    assert large.synapse_entries / large.parts <= 1.3 * small.synapse_entries / small.parts
     dense_equivalent = (4 * 144) ** 2 * 6
     # (parts hold fewer pixels since image layers use one discrete inhibition axon per compartment)
     assert large.synapse_entries < 0.03 * dense_equivalent
@@ -108,3 +109,17 @@ def test_several_chips():
     art = LoihiBackend().lower(_mlp(784, 64), {"chips": 4, "cores_per_chip": 4})
     assert 1 < art.resources.chips <= 4
     assert art.resources.cores <= 16
+
+
+def test_replicated_conv_rows_trade_memory_for_axons():
+    shared = LoihiBackend().lower(_cnn(12), {"synapse_rows": "shared"})
+    replicated = LoihiBackend().lower(_cnn(12), {"synapse_rows": "replicated"})
+    s, r = shared.resources.layers["f1"], replicated.resources.layers["f1"]
+    assert "rows shared" in s.split and "rows replicated" in r.split
+    # the same weights; replicated rows store each K times (one entry per decision unit)
+    assert s.weights == r.weights
+    assert r.synapse_entries / r.parts > 2 * s.synapse_entries / s.parts
+    # and need K times fewer input axons per core for the same data
+    in_s = shared.resources.extra["input_axons"]
+    in_r = replicated.resources.extra["input_axons"]
+    assert in_r < in_s
