@@ -114,10 +114,20 @@ class _Search:
     def violation(self, c: int | None, p: int | None, n: int | None) -> Violation | None:
         key = (c, p, n)
         if key not in self.memo:
-            part = layer_parts(self.shape, c, p, n)[0]
-            self.trials += 1
-            use = dict(self.cost(part))
-            self.memo[key] = self.limits.first_violation(use, self.layer, "one core", scope=self.scope)
+            parts = layer_parts(self.shape, c, p, n)
+            # the first part and one from the middle: border parts and inner parts of an
+            # image differ (inner pixels read more neighbours, border ones more patterns)
+            found = None
+            # parts are channel-block-major: the middle pixel run of the first channel block
+            first_block = [q for q in parts if q.channels == parts[0].channels]
+            probes = {0: parts[0], len(first_block) // 2: first_block[len(first_block) // 2]}
+            for part in probes.values():
+                self.trials += 1
+                use = dict(self.cost(part))
+                found = self.limits.first_violation(use, self.layer, "one core", scope=self.scope)
+                if found is not None:
+                    break
+            self.memo[key] = found
         return self.memo[key]
 
     def largest(self, hi: int, fits: Callable[[int], bool]) -> int:
@@ -139,7 +149,7 @@ class _Search:
 def partition_layer(layer: str, shape: tuple[int, ...], cost: Cost, limits: LimitTable, *,
                     max_neurons: int | None = None, scope: str = "core", unit_name: str = "units",
                     units_per_neuron: int = 1) -> Partition:
-    """The split of ``layer`` with the fewest parts whose first (largest) part fits.
+    """The split of ``layer`` with the fewest parts whose first and middle parts fit.
 
     ``max_neurons`` caps the neurons of a part (a target's own rule, or a retry after a
     later check found another part too large). ``units_per_neuron`` (e.g. K compartments
@@ -165,7 +175,7 @@ def partition_layer(layer: str, shape: tuple[int, ...], cost: Cost, limits: Limi
         c = -(-C // n_c)
         if candidates and -(-C // c) >= min(candidates)[0]:
             break  # at least one part per channel block: no fewer parts from here on
-        if c not in seen_c:
+        if c not in seen_c and c <= cap:  # a part holds at least one pixel of c channels
             seen_c.add(c)
             p_cap = max(1, cap // c)
             p = search.largest(min(p_cap, n_pix),

@@ -51,7 +51,7 @@ from fs_hw.errors import ResourceError, UnsupportedError
 from fs_hw.ir import FSActivation, Network, Readout
 from fs_hw.lower.maps import ConvMap, ReceiverInput, receiver_inputs
 from fs_hw.lower.partition import PartSpec, layer_parts, partition_layer
-from fs_hw.lower.schedule import Relay, relay_name, relay_plan
+from fs_hw.lower.schedule import Relay, relay_name, relay_plan, spiking_sources
 from fs_hw_loihi.bounds import LayerRange, layer_ranges
 from fs_hw_loihi.config import LOIHI_LIMITS, LoihiConfig
 from fs_hw_loihi.fixedpoint import (
@@ -134,6 +134,8 @@ class Program:
     resources: dict[str, Any]
     config: LoihiConfig
     clock_cores: int = 1
+    #: layers whose cores need too many output axons (filled by resources.check_program)
+    out_axon_layers: set[str] = field(default_factory=set)
 
     def origin(self, n: int) -> int:
         """Emulator step tau_n of sample ``n`` (its stage-0 step 0)."""
@@ -214,7 +216,7 @@ class Lowering:
     """Builds a :class:`Program` from an integer network (see the module docstring)."""
 
     def __init__(self, network: Network, config: LoihiConfig, per_core: dict[str, int] | None = None,
-                 observed: dict | None = None):
+                 observed: dict | None = None, replicated: dict[str, int] | None = None):
         self.net = network
         self.cfg = config
         self.K = network.K
@@ -226,7 +228,8 @@ class Lowering:
         self.pending: dict[int, list[_Pending]] = {}
         self._dense_cache: dict[tuple[str, str], dict[int, tuple]] = {}
         self._part_layer: dict[int, Layer] = {}  # id(part) -> its layer
-        self.replicate: dict[str, bool] = {}  # conv layers whose rows hold all K decision units
+        self.replicate: dict[str, bool] = {}  # layers whose rows hold all K decision units
+        self.prefer_replicated = dict(replicated or {})  # layers whose sources ran out of output axons
 
     # -- sources ----------------------------------------------------------------------
     def source_for(self, src: str, stage: int) -> Layer:
@@ -573,6 +576,19 @@ class Lowering:
             "formats": _formats(syns),
         }
 
+    def _shared_parts(self, layer: Layer) -> int:
+        """Cores the layer needs with shared rows (a yardstick for replicated ones)."""
+        self.replicate[layer.name] = False
+        cap = min(MAX_COMPARTMENTS // layer.K, self.per_core_override.get(layer.name, MAX_COMPARTMENTS))
+        try:
+            split = partition_layer(layer.name, layer.shape, lambda spec: self._cost(layer, spec), LOIHI_LIMITS,
+                                    max_neurons=max(1, cap))
+        except ResourceError:
+            return 10**9
+        finally:
+            self.replicate[layer.name] = True
+        return len(split.parts)
+
     def _partition(self, layer: Layer) -> list[Part]:
         cap = MAX_COMPARTMENTS // layer.K
         if layer.name in self.per_core_override:
@@ -592,6 +608,8 @@ class Lowering:
             modes = (("replicated", True), ("shared", False))
         else:
             modes = (("shared", False), ("replicated", True))
+        if layer.name in self.prefer_replicated and len(modes) == 2:
+            modes = (("replicated", True),) + (("shared", False),)  # replicated whenever it fits
         if self.cfg.synapse_rows != "auto":
             modes = tuple(m for m in modes if m[0] == self.cfg.synapse_rows) or (("shared", False),)
         for name, replicate in modes:
@@ -602,6 +620,10 @@ class Lowering:
                 continue
             if chosen is None or len(found.parts) < len(chosen.parts):
                 chosen, mode = found, name
+            level = self.prefer_replicated.get(layer.name, 0)
+            if replicate and (level >= 2 or level == 1 and len(found.parts) <= 2 * self._shared_parts(layer)):
+                chosen, mode = found, name  # its sources ran out of output axons: replicated
+                break
         if chosen is None:
             raise refusal
         self.replicate[layer.name] = mode == "replicated"
@@ -718,15 +740,31 @@ class Lowering:
 
 
 def lower_network(network: Network, config: LoihiConfig, observed: dict | None = None) -> Program:
-    """Build, partition and check the program; refuse (ResourceError) if it does not fit."""
+    """Build, partition and check the program; refuse (ResourceError) if it does not fit.
+
+    A source layer whose cores need too many output axons first has the layers reading
+    it switched to replicated synapse rows (K times fewer output axons per source
+    compartment); if that is not enough it is re-partitioned with fewer neurons a core.
+    """
     from fs_hw_loihi.resources import check_program
 
     overrides: dict[str, int] = {}
-    for _ in range(8):
-        program = Lowering(network, config, overrides, observed).build()
+    # readers of a source short of output axons get replicated rows if those cost at most
+    # twice the cores of shared ones (forcing them further does not help: a memory-bound
+    # reader then needs K times more cores, each read by the source); then sources shrink
+    replicated: dict[str, int] = {}
+    readers = {name: set(spiking_sources(network, name))
+               for name in (n.name for n in network.order if isinstance(n, (FSActivation, Readout)))}
+    for _ in range(12):
+        program = Lowering(network, config, overrides, observed, replicated).build()
         shrink = check_program(program)
         if not shrink:
             return program
         for name, per_core in shrink.items():
+            consumers = {r for r, srcs in readers.items() if name in srcs and replicated.get(r, 0) < 1}
+            if name in program.out_axon_layers and consumers and config.synapse_rows == "auto":
+                for r in consumers:
+                    replicated[r] = replicated.get(r, 0) + 1
+                continue
             overrides[name] = min(per_core, overrides.get(name, per_core))
     raise ResourceError(f"could not partition layers {sorted(overrides)} within the out-axon limit")

@@ -59,6 +59,8 @@ def check_program(program: Program) -> dict[str, int]:
                 # large (output axons grow with the neurons a core sends from)
                 fewer = int(per * found.limit.value / found.used * 0.95)
                 shrink[target] = max(1, min(per - 1, fewer, shrink.get(target, per)))
+                if found.limit.name == "out_axons":
+                    program.out_axon_layers.add(target)
     if shrink:
         return shrink
     total = sum(cores_by_layer.values())
