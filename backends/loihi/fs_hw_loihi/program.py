@@ -355,6 +355,15 @@ class Lowering:
         replicate = self.replicate.get(tp_layer, False)
         t_in_row = range(Kt) if replicate else (0,)
         n_t = 1 if replicate else Kt
+        # taps whose kernel columns are equal in every step share a name: a pooling folded into
+        # the kernel repeats each tap over its window, so the source pixels of one window give
+        # identical entries and share one axon (their spikes add, as the pooling's sum does)
+        kernels = np.stack([m.kernel for m, f in steps if f]) if any(f for _, f in steps) else cm.kernel[None]
+        canon: dict[tuple[int, int], tuple[int, int]] = {}
+        seen_taps: dict[bytes, tuple[int, int]] = {}
+        for dy in range(kh):
+            for dx in range(kw):
+                canon[(dy, dx)] = seen_taps.setdefault(np.ascontiguousarray(kernels[..., dy, dx]).tobytes(), (dy, dx))
         patterns: dict[tuple, int] = {}
         pattern_list: list[tuple] = []
         pix_axon: dict[int, tuple[int, int]] = {}  # source pixel -> (weight idx, base of t=0)
@@ -378,8 +387,9 @@ class Lowering:
                             continue
                         for f in range(f0, f1):
                             if support[f, :, dy, dx].any():
+                                cy, cx = canon[(dy, dx)]
                                 for t in t_in_row:
-                                    entries.append((((q - q0) * Cp + f - f0) * Kt + t, f, dy, dx))
+                                    entries.append((((q - q0) * Cp + f - f0) * Kt + t, f, cy, cx))
                 if not entries:
                     continue
                 base = min(e[0] for e in entries)
@@ -391,11 +401,14 @@ class Lowering:
                 pix_axon[r * W + col] = (patterns[key], base - offset)
         if not pix_axon:
             return []
-        pixels = np.array(sorted(pix_axon), np.int64)
+        # one axon group per distinct (row, base): pixels with identical entries share it
+        groups: dict[tuple[int, int], int] = {}
         axon_of = np.full(H * W, -1, np.int64)  # source pixel -> its axon group (-1: not read)
-        axon_of[pixels] = np.arange(len(pixels))
-        a2w = np.repeat([pix_axon[int(p)][0] for p in pixels], n_t)
-        bases = np.array([pix_axon[int(p)][1] + t for p in pixels for t in range(n_t)])
+        for p in sorted(pix_axon):
+            axon_of[p] = groups.setdefault(pix_axon[p], len(groups))
+        group_keys = sorted(groups, key=groups.get)
+        a2w = np.repeat([g[0] for g in group_keys], n_t)
+        bases = np.array([g[1] + t for g in group_keys for t in range(n_t)])
         K = src.K
         host = src.kind == "host"
         # per source part (once): its compartments' pixel, channel, and whether this part reads it

@@ -53,12 +53,20 @@ def check_program(program: Program) -> dict[str, int]:
             if found is not None:
                 per = max(p.n for p in layer.parts)
                 target = layer.source if layer.kind == "relay" else name
-                if per <= 1 or layer.kind == "relay" and program.layers[target].kind == "host":
-                    raise ResourceError(f"{found.message}, even with one neuron per core")
+                # an image layer's output axons are per pixel (its channels are atoms of one
+                # axon): splitting a pixel's channels over cores does not reduce them
+                floor = (min(p.n_channels for p in layer.parts) if layer.image and found.limit.name == "out_axons"
+                         else 1)
+                if per <= floor or layer.kind == "relay" and program.layers[target].kind == "host":
+                    smallest = "one pixel" if layer.image and found.limit.name == "out_axons" else "one neuron"
+                    raise ResourceError(
+                        f"{found.message}, even with {smallest} per core (the layers reading it are split "
+                        f"over too many cores: each one costs every source compartment K axons)"
+                        if found.limit.name == "out_axons" else f"{found.message}, even with {smallest} per core")
                 # re-partition that layer with as many fewer neurons a core as the use is too
                 # large (output axons grow with the neurons a core sends from)
                 fewer = int(per * found.limit.value / found.used * 0.95)
-                shrink[target] = max(1, min(per - 1, fewer, shrink.get(target, per)))
+                shrink[target] = max(floor, min(per - 1, fewer, shrink.get(target, per)))
                 if found.limit.name == "out_axons":
                     program.out_axon_layers.add(target)
     if shrink:
