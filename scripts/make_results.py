@@ -330,7 +330,7 @@ def loihi_prediction(net: Any, x: np.ndarray, y: np.ndarray, fs_pred: np.ndarray
                      deep: bool) -> dict[str, Any]:
     """Accuracy under Loihi's quantization: the reference in Loihi's integer profile."""
     try:
-        from fs_hw_loihi.profile import loihi_profile
+        from fs_hw_loihi.backend import LoihiBackend
     except ImportError as e:
         return {"status": f"fs-hw-loihi not installed ({e})"}
     from fs_hw.errors import FSHWError
@@ -341,7 +341,9 @@ def loihi_prediction(net: Any, x: np.ndarray, y: np.ndarray, fs_pred: np.ndarray
     n = len(x) if n is None else min(n, len(x))
     t = time.perf_counter()
     try:
-        inet, prof, notes = loihi_profile(net, cfg)
+        # what fs-deploy does: ranges measured on training images of the network's data set
+        q = LoihiBackend().quantize(net, cfg)
+        inet, prof, notes = q.network, q.profile, q.notes
     except FSHWError as e:
         log(f"Loihi profile refused: {e}")
         return {"status": f"profile refused: {type(e).__name__}: {e}"}
@@ -515,8 +517,9 @@ def write_markdown(path: Path, results: list[dict], skipped: list[str], files: d
              "allocation of `fs_hw.convert.search` (each layer's grid chosen from a table of output KL divergence "
              "vs. spikes, trade-off λ); `fitted codes` = the shipped fitted swish/sigmoid code of that K. "
              "Half-step offsets are on everywhere.")
-    L.append("- **Loihi-predicted**: the reference run on `fs_hw_loihi.profile.loihi_profile(network, "
-             "deploy_configs/loihi.toml [target])` in its int64 profile, which predicts the chip bit for bit. "
+    L.append("- **Loihi-predicted**: the reference run on `LoihiBackend().quantize(network, "
+             "deploy_configs/loihi.toml [target])` (per-step weights, membrane ranges from 200 training images) "
+             "in its int64 profile, which predicts the chip bit for bit. "
              "Where fewer images were used (the int64 convolutions are slow), the float FS accuracy on the "
              "same images is given next to it.")
     notes_l = [(r["name"], r["loihi"]["status"]) for r in results
