@@ -142,3 +142,31 @@ def test_runner_choice(capsys):
     assert main(["--target", "reference", "--runner", "simulator", "--samples", "2"]) == 0
     assert main(["--list-targets"]) == 0
     assert "reference      installed; runners: simulator; bit-exact" in capsys.readouterr().out
+
+
+def _flipping_reference(exactness):
+    """The reference target, one hidden spike flipped per run, declaring ``exactness``."""
+    from fs_hw.backend import Exactness
+    from fs_hw.reference.backend import ReferenceBackend
+
+    class Flipping(ReferenceBackend):
+        def run(self, artifact, inputs, record_spikes=False, runner=None):
+            res = super().run(artifact, inputs, record_spikes=record_spikes, runner=runner)
+            if res.spike_trains:
+                hidden = [k for k in res.spike_trains if k != artifact.network.input.name][0]
+                res.spike_trains[hidden][0, 0].reshape(-1)[0] ^= 1
+            return res
+
+    Flipping.exactness = Exactness("tolerance", **exactness, why="test") if exactness else Exactness()
+    return Flipping()
+
+
+@pytest.mark.parametrize("exactness,code", [(None, 1), ({"spike_mismatch_fraction": 0.01}, 0),
+                                            ({"spike_mismatch_fraction": 0.0}, 1)])
+def test_exit_status_follows_the_declared_exactness(monkeypatch, tmp_path, capsys, exactness, code):
+    import fs_hw.cli as cli
+
+    monkeypatch.setattr(cli, "get_backend", lambda name: _flipping_reference(exactness))
+    report = tmp_path / "r.json"
+    assert main(["--target", "reference", "--samples", "10", "--report", str(report)]) == code
+    assert json.loads(report.read_text())["spike_mismatches"] == 1
