@@ -148,8 +148,13 @@ class _Search:
 
 def partition_layer(layer: str, shape: tuple[int, ...], cost: Cost, limits: LimitTable, *,
                     max_neurons: int | None = None, scope: str = "core", unit_name: str = "units",
-                    units_per_neuron: int = 1) -> Partition:
+                    units_per_neuron: int = 1,
+                    extra_cores: Callable[[list[PartSpec]], float] | None = None) -> Partition:
     """The split of ``layer`` with the fewest parts whose first and middle parts fit.
+
+    ``extra_cores(parts)``, when given, adds what a split costs elsewhere (e.g. the
+    output axons its sources need: every part that reads a source pixel costs that pixel
+    axons on the source's core); the split with the fewest cores in all is chosen.
 
     ``max_neurons`` caps the neurons of a part (a target's own rule, or a retry after a
     later check found another part too large). ``units_per_neuron`` (e.g. K compartments
@@ -174,15 +179,16 @@ def partition_layer(layer: str, shape: tuple[int, ...], cost: Cost, limits: Limi
     while n_c <= C:
         c = -(-C // n_c)
         if candidates and -(-C // c) >= min(candidates)[0]:
-            break  # at least one part per channel block: no fewer parts from here on
+            break  # at least one part per channel block: no fewer cores from here on
         if c not in seen_c and c <= cap:  # a part holds at least one pixel of c channels
             seen_c.add(c)
             p_cap = max(1, cap // c)
             p = search.largest(min(p_cap, n_pix),
                                lambda p, c=c: search.violation(c, p, None) is None)
             if p:
-                n_parts = len(layer_parts(shape, c, p))
-                candidates.append((n_parts, -c, p))
+                made = layer_parts(shape, c, p)
+                total = len(made) + (extra_cores(made) if extra_cores is not None else 0.0)
+                candidates.append((total, -c, p))
                 if p >= n_pix:
                     break  # whole images per part: fewer channels per part cannot need fewer parts
         n_c *= 2

@@ -589,6 +589,41 @@ class Lowering:
             "formats": _formats(syns),
         }
 
+    def _source_cores(self, layer: Layer, parts: list[PartSpec]) -> float:
+        """Cores' worth of output axons a split of ``layer`` costs its image sources: every
+        part reading a source pixel costs each of its K compartments one axon per decision
+        unit (shared rows) or one (replicated), 2 slots each, of the 4096 a core has."""
+        rin = self.rins[layer.name]
+        n_t = 1 if self.replicate.get(layer.name) else layer.K
+        total = 0.0
+        for src_name in rin.maps:
+            src = self.layers.get(src_name)
+            if src is None or src.kind == "host" or not src.image or not layer.image:
+                continue
+            steps = rin.steps(src_name, src.d)
+            cm = steps[0][0]
+            if not isinstance(cm, ConvMap):
+                continue
+            _, H, W = cm.in_shape
+            Hu, Wu = cm.used
+            _, Ho, Wo = cm.out_shape
+            (sh, sw), (ph, pw) = cm.stride, cm.padding
+            kh, kw = cm.kernel.shape[2:]
+            readers = np.zeros((H, W))
+            runs: dict[tuple[int, int], int] = {}
+            for part in parts:
+                runs[part.pixels] = runs.get(part.pixels, 0) + 1  # channel blocks of this run
+            for (q0, q1), blocks in runs.items():
+                y_lo, y_hi = q0 // Wo, (q1 - 1) // Wo
+                r0, r1 = max(0, y_lo * sh - ph), min(Hu, y_hi * sh - ph + kh)
+                if y_lo == y_hi:
+                    c0, c1 = max(0, (q0 % Wo) * sw - pw), min(Wu, ((q1 - 1) % Wo) * sw - pw + kw)
+                else:
+                    c0, c1 = 0, Wu
+                readers[r0:r1, c0:c1] += blocks
+            total += float(readers.sum()) * src.K * n_t * 2 / MAX_OUT_AXONS
+        return total
+
     def _shared_parts(self, layer: Layer) -> int:
         """Cores the layer needs with shared rows (a yardstick for replicated ones)."""
         self.replicate[layer.name] = False
@@ -609,7 +644,8 @@ class Lowering:
         def split(replicate: bool):
             self.replicate[layer.name] = replicate
             return partition_layer(layer.name, layer.shape, lambda spec: self._cost(layer, spec), LOIHI_LIMITS,
-                                   max_neurons=max(1, cap), unit_name="compartments", units_per_neuron=layer.K)
+                                   max_neurons=max(1, cap), unit_name="compartments", units_per_neuron=layer.K,
+                                   extra_cores=lambda parts: self._source_cores(layer, parts))
 
         chosen, mode, refusal = None, "", None
         # tried in order, a tie keeps the first: images prefer replicated rows (a conv source
