@@ -85,3 +85,17 @@ def test_refusal_names_layer_limit_and_numbers():
     msg = str(exc.value)
     assert "layer 'fc7'" in msg and "5000 input axons per core" in msg and "limit 300" in msg
     assert "one neuron per core" in msg and "fan-in" in msg
+
+
+def test_extra_cores_steer_the_split():
+    # memory grows with channels and pixels: 16 channels x 8 pixels and 8 channels x 16
+    # pixels both need 4 cores; the tie goes to wider channel blocks, unless each pixel run
+    # is charged what it costs elsewhere (10 cores), which makes one run of 16 pixels win
+    def cost(part):
+        c, p = part.n_channels, part.pixels[1] - part.pixels[0]
+        return {"units": c * p, "memory": c * 200 + p * 100, "axons": p}
+    plain = partition_layer("l", (32, 4, 4), cost, LIMITS)
+    charged = partition_layer("l", (32, 4, 4), cost, LIMITS,
+                              extra_cores=lambda parts: 10.0 * len({q.pixels for q in parts}))
+    assert (plain.channels_per_part, plain.pixels_per_part, len(plain.parts)) == (16, 8, 4)
+    assert (charged.channels_per_part, charged.pixels_per_part, len(charged.parts)) == (8, 16, 4)

@@ -242,7 +242,7 @@ def _why_image(search: _Search, shape, c: int, p: int, n_parts: int, cap: int, k
     if c < C:
         v = search.violation(C, 1, None)
         reasons.append(f"all {C} channels of one pixel exceed {_limit_words(v)}" if v
-                       else "channel blocks give fewer parts")
+                       else "channel blocks give fewer cores")
     if p < n_pix:
         reasons.append("pixels: " + _fewer(search, n_pix, p, lambda q: search.violation(c, q, None)))
     return words + "; " + "; ".join(reasons)
