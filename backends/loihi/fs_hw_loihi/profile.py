@@ -136,9 +136,10 @@ def _fit_with(network: Network, cfg: LoihiConfig, calibration: np.ndarray | None
                 )
             if coarsen:
                 notes.append(
-                    "membrane range: weights of "
+                    "membrane range: the input unit of "
                     + ", ".join(f"{k!r} coarsened by {v} bit(s)" for k, v in coarsen.items())
-                    + " so the worst case fits Loihi's registers"
+                    + " so its range fits Loihi's registers (plain weights lose those bits; per-step "
+                    "weights lose only what their steps' exponents cannot absorb, listed above)"
                 )
             return int_net, profile, notes, info
         ranges = layer_ranges(int_net, observed)

@@ -41,7 +41,8 @@ def test_fs_deploy_bundled_example(tmp_path):
     r = json.loads(report.read_text())
     assert r["agreement"] == 1.0 and r["spike_mismatches"] == 0
     assert r["predicted_accuracy"] is not None and r["reference_accuracy"] is not None
-    assert any("weights rounded" in n for n in r["notes"])
+    # every rounding is stated: per-step weights list the mantissa bits each step keeps
+    assert any("weights rounded" in n or "per-step weights" in n for n in r["notes"])
 
 
 def test_fs_deploy_bad_config_key(tmp_path, capsys):
