@@ -12,7 +12,8 @@ from fs_hw.reference.ops import apply_linear
 
 
 def test_lower_imports_no_hardware_sdk():
-    code = ("import sys, fs_hw.lower.maps, fs_hw.lower.limits, fs_hw.lower.config; "
+    code = ("import sys, fs_hw.lower.maps, fs_hw.lower.limits, fs_hw.lower.config, fs_hw.lower.ranges, "
+            "fs_hw.lower.partition, fs_hw.lower.schedule; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('nengo', 'nengo_loihi', 'pyNN', 'spynnaker', 'nest', 'nxsdk')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
