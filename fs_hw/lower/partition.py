@@ -189,6 +189,14 @@ def partition_layer(layer: str, shape: tuple[int, ...], cost: Cost, limits: Limi
                 made = layer_parts(shape, c, p)
                 total = len(made) + (extra_cores(made) if extra_cores is not None else 0.0)
                 candidates.append((total, -c, p))
+                if extra_cores is not None:
+                    # runs aligned to image rows (whole rows, or equal pieces of one) straddle
+                    # no row break, so fewer of them read each input pixel: try them too
+                    aligned = {d for d in range(1, W + 1) if W % d == 0 and d < p}
+                    aligned |= {W * m for m in range(1, H + 1) if W * m < p}
+                    for q in sorted(aligned):
+                        made_q = layer_parts(shape, c, q)
+                        candidates.append((len(made_q) + extra_cores(made_q), -c, q))
                 if p >= n_pix:
                     break  # whole images per part: fewer channels per part cannot need fewer parts
         n_c *= 2

@@ -68,6 +68,8 @@ RELAY_VTH = 128
 #: largest compartment base of an axon (nengo-loihi's hardware builder asserts it)
 BASE_LIMIT = 256
 RING_WEIGHT = 128
+#: what a split whose sources cannot send to its readers costs (it loses to any feasible one)
+INFEASIBLE_CORES = 1e6
 
 
 # ---------------------------------------------------------------------------------------
@@ -621,6 +623,10 @@ class Lowering:
                 else:
                     c0, c1 = 0, Wu
                 readers[r0:r1, c0:c1] += blocks
+            per_pixel = float(readers.max(initial=0)) * src.K * n_t * 2
+            if per_pixel > 0.9 * MAX_OUT_AXONS:
+                # even a source core holding one pixel could not send to that many readers
+                return INFEASIBLE_CORES
             total += float(readers.sum()) * src.K * n_t * 2 / MAX_OUT_AXONS
         return total
 
