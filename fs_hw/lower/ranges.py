@@ -77,7 +77,8 @@ def worst_case(network: Network, name: str, rin: ReceiverInput) -> PartialSums:
     return PartialSums(name, kind, b, low, high, step, low_all, high_all, None)
 
 
-def observe(network: Network, profile, inputs: np.ndarray, batch_size: int = 250) -> dict[str, PartialSums]:
+def observe(network: Network, profile, inputs: np.ndarray, batch_size: int = 250,
+            rins: dict[str, ReceiverInput] | None = None) -> dict[str, PartialSums]:
     """Partial sums of every receiver, step by step, measured on ``inputs``.
 
     The reference (fast mode: the same spikes as the chip) gives every source's spike
@@ -92,7 +93,7 @@ def observe(network: Network, profile, inputs: np.ndarray, batch_size: int = 250
     trains = res.spike_trains
     N, K = len(inputs), network.K
     out = {}
-    for name, rin in receiver_inputs(network).items():
+    for name, rin in (rins or receiver_inputs(network)).items():
         n = rin.bias.size
         inc = np.zeros((N, K, n), np.int64)
         for src in rin.maps:
@@ -142,8 +143,10 @@ def bounded(worst: PartialSums, observed: PartialSums | None, margin: int = DATA
 
 
 def receiver_ranges(network: Network, observed: dict[str, PartialSums] | None = None,
-                    margin: int = DATA_MARGIN) -> dict[str, PartialSums]:
-    """Every receiver's ranges: the worst case, tightened by ``observed`` where given."""
+                    margin: int = DATA_MARGIN, rins: dict[str, ReceiverInput] | None = None
+                    ) -> dict[str, PartialSums]:
+    """Every receiver's ranges: the worst case, tightened by ``observed`` where given
+    (``rins``: the network's :func:`receiver_inputs`, when the caller has them)."""
     observed = observed or {}
     return {name: bounded(worst_case(network, name, rin), observed.get(name), margin)
-            for name, rin in receiver_inputs(network).items()}
+            for name, rin in (rins or receiver_inputs(network)).items()}

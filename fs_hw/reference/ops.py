@@ -60,14 +60,14 @@ def _conv2d_numpy(node: Conv2d, x: np.ndarray, bias: bool, dtype: np.dtype, weig
     (sh, sw), (ph, pw) = node.stride, node.padding
     if ph or pw:
         x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
-    # windows: (N, C_in, H_out, W_out, kh, kw) -> (N, H_out, W_out, C_out)
     w = weight.astype(dtype, copy=False)
     if dtype.kind in "iu":
         out = exact_conv(x, w, node.stride)
         if bias:
             out += node.bias.astype(dtype, copy=False)[None, :, None, None]
         return out
+    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    # windows: (N, C_in, H_out, W_out, kh, kw) -> (N, H_out, W_out, C_out)
     out = np.tensordot(windows, w, axes=([1, 4, 5], [1, 2, 3]))
     if bias:
         out += node.bias.astype(dtype, copy=False)

@@ -98,11 +98,12 @@ def layer_range(network: Network, sums: PartialSums) -> LayerRange:
     return LayerRange(sums.name, "readout", baseline, B, vth, None, None, int(q0.max(initial=0)), vth, low, high)
 
 
-def layer_ranges(network: Network, observed: dict[str, PartialSums] | None = None) -> dict[str, LayerRange]:
+def layer_ranges(network: Network, observed: dict[str, PartialSums] | None = None,
+                 rins: dict | None = None) -> dict[str, LayerRange]:
     """Loihi's constants of every receiver (worst case, tightened by ``observed`` data)."""
-    rins = receiver_inputs(network)
+    rins = rins or receiver_inputs(network)
     out = {}
-    for name, sums in receiver_ranges(network, observed).items():
+    for name, sums in receiver_ranges(network, observed, rins=rins).items():
         r = layer_range(network, sums)
         r.weight_max = _weight_max(network, rins[name])
         out[name] = r
@@ -120,8 +121,3 @@ def _weight_max(network: Network, rin) -> int:
                 seen[id(m)] = m.max_abs()
             best = max(best, seen[id(m)] * abs(f))
     return int(best)
-
-
-def check_ranges(network: Network, observed: dict[str, PartialSums] | None = None) -> dict[str, str]:
-    """Receivers whose ranges do not fit Loihi's registers, with the reason."""
-    return {name: r.problem for name, r in layer_ranges(network, observed).items() if r.problem}

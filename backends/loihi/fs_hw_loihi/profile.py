@@ -117,15 +117,18 @@ def fit_profile(network: Network, config=None, calibration: np.ndarray | None = 
 
 
 def _fit_with(network: Network, cfg: LoihiConfig, calibration: np.ndarray | None):
+    from fs_hw.lower.maps import receiver_inputs
     from fs_hw.lower.ranges import observe
-    from fs_hw_loihi.bounds import check_ranges, layer_ranges
+    from fs_hw_loihi.bounds import layer_ranges
 
     coarsen: dict[str, int] = {}
     for _ in range(24):
         q = _Quantizer(network, cfg, coarsen)
         int_net, profile, notes, info = q.run()
-        observed = None if calibration is None else observe(int_net, profile, calibration)
-        failing = check_ranges(int_net, observed)
+        rins = receiver_inputs(int_net)  # composed once per trial, shared by both passes below
+        observed = None if calibration is None else observe(int_net, profile, calibration, rins=rins)
+        ranges = layer_ranges(int_net, observed, rins)
+        failing = {name: r.problem for name, r in ranges.items() if r.problem}
         if not failing:
             info.observed = observed
             if observed is not None:
@@ -142,7 +145,6 @@ def _fit_with(network: Network, cfg: LoihiConfig, calibration: np.ndarray | None
                     "weights lose only what their steps' exponents cannot absorb, listed above)"
                 )
             return int_net, profile, notes, info
-        ranges = layer_ranges(int_net, observed)
         for name, problem in failing.items():
             # coarsen by as many bits as the range is too large (at least one), in one go
             bits = max(1, math.ceil(math.log2(ranges[name].excess)))
@@ -393,16 +395,16 @@ class _Quantizer:
             return None
         # a node feeding a residual add shares the add's unit with the skip path, which the
         # membrane-range pass cannot coarsen past the skip's own unit: keep w and d(t) exact
-        if any(isinstance(n, Add) and node.name in n.inputs for n in self.net.nodes):
+        if any(isinstance(self.net.by_name[c], Add) for c in self.net.consumers[node.name]):
             return None
-        name = node.input
-        while True:
-            n = self.net.by_name[name]
-            if self.net.is_spiking(n):
-                return name
-            if not isinstance(n, (Flatten, AvgPool2d)):
-                return None
-            name = n.input
+        try:
+            src, chain = self.net.step_source(node.name)
+        except ValidationError:
+            return None
+        # only weight-free chains: the units along them are the source's, scaled (pooling)
+        if all(isinstance(self.net.by_name[c], (Flatten, AvgPool2d)) for c in chain):
+            return src
+        return None
 
     def _step_weights(self, node: Dense | Conv2d, src: str, u: float, u_in: float) -> np.ndarray:
         """``step_weight[t] = round(w d(t) / u)`` in the node's output unit ``u``, each step a

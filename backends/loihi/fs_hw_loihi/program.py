@@ -218,7 +218,7 @@ class Lowering:
     """Builds a :class:`Program` from an integer network (see the module docstring)."""
 
     def __init__(self, network: Network, config: LoihiConfig, per_core: dict[str, int] | None = None,
-                 observed: dict | None = None, replicated: dict[str, int] | None = None):
+                 observed: dict | None = None, replicated: set[str] | None = None):
         self.net = network
         self.cfg = config
         self.K = network.K
@@ -231,7 +231,7 @@ class Lowering:
         self._dense_cache: dict[tuple[str, str], dict[int, tuple]] = {}
         self._part_layer: dict[int, Layer] = {}  # id(part) -> its layer
         self.replicate: dict[str, bool] = {}  # layers whose rows hold all K decision units
-        self.prefer_replicated = dict(replicated or {})  # layers whose sources ran out of output axons
+        self.prefer_replicated = set(replicated or ())  # layers whose sources ran out of output axons
 
     # -- sources ----------------------------------------------------------------------
     def source_for(self, src: str, stage: int) -> Layer:
@@ -331,7 +331,7 @@ class Lowering:
         return out
 
     def _conv_synapses(self, src: Layer, tp: Part, Kt: int, steps: list[tuple[ConvMap, int]],
-                       label: str, tp_layer: str = "") -> list[_Pending]:
+                       label: str, replicate: bool = False) -> list[_Pending]:
         """Conv synapses into target part ``tp``: rows are kernel slices shared by the source
         pixels with the same border pattern; per source step ``s`` the kernel ``M_s`` times
         the factor ``f_s`` (see :meth:`_dense_synapses`)."""
@@ -354,7 +354,6 @@ class Lowering:
         # shared rows: one axon per (source pixel, t) reuses the row with base t (memory x1,
         # axons x Kt); replicated rows hold the Kt decision units' entries themselves (memory
         # x Kt, one axon per source pixel): the partitioner picks what fits in fewer cores
-        replicate = self.replicate.get(tp_layer, False)
         t_in_row = range(Kt) if replicate else (0,)
         n_t = 1 if replicate else Kt
         # taps whose kernel columns are equal in every step share a name: a pooling folded into
@@ -468,7 +467,7 @@ class Lowering:
             steps = rin.steps(src_name, src.d)
             if (target.image and src.image
                     and all(isinstance(m, ConvMap) and m.out_shape == target.shape for m, _ in steps)):
-                out += self._conv_synapses(src, tp, target.K, steps, lab, target.name)
+                out += self._conv_synapses(src, tp, target.K, steps, lab, self.replicate.get(target.name, False))
             else:
                 dense = self._dense_steps(target.name, src_name, steps)
                 for i, sp in enumerate(src.parts):
@@ -630,19 +629,6 @@ class Lowering:
             total += float(readers.sum()) * src.K * n_t * 2 / MAX_OUT_AXONS
         return total
 
-    def _shared_parts(self, layer: Layer) -> int:
-        """Cores the layer needs with shared rows (a yardstick for replicated ones)."""
-        self.replicate[layer.name] = False
-        cap = min(MAX_COMPARTMENTS // layer.K, self.per_core_override.get(layer.name, MAX_COMPARTMENTS))
-        try:
-            split = partition_layer(layer.name, layer.shape, lambda spec: self._cost(layer, spec), LOIHI_LIMITS,
-                                    max_neurons=max(1, cap))
-        except ResourceError:
-            return 10**9
-        finally:
-            self.replicate[layer.name] = True
-        return len(split.parts)
-
     def _partition(self, layer: Layer) -> list[Part]:
         cap = MAX_COMPARTMENTS // layer.K
         if layer.name in self.per_core_override:
@@ -653,34 +639,31 @@ class Lowering:
                                    max_neurons=max(1, cap), unit_name="compartments", units_per_neuron=layer.K,
                                    extra_cores=lambda parts: self._source_cores(layer, parts))
 
-        chosen, mode, refusal = None, "", None
-        # tried in order, a tie keeps the first: images prefer replicated rows (a conv source
-        # pixel fans out to many parts, and replicated rows need K times fewer output axons
-        # there), vectors prefer shared rows (K times less memory)
+        # a tie keeps the first: images prefer replicated rows (a conv source pixel fans out
+        # to many parts, and replicated rows need K times fewer output axons there), vectors
+        # prefer shared rows (K times less memory)
         if layer.K == 1:
             modes = (("shared", False),)
         elif layer.image:
             modes = (("replicated", True), ("shared", False))
         else:
             modes = (("shared", False), ("replicated", True))
-        if layer.name in self.prefer_replicated and len(modes) == 2:
-            modes = (("replicated", True),) + (("shared", False),)  # replicated whenever it fits
         if self.cfg.synapse_rows != "auto":
             modes = tuple(m for m in modes if m[0] == self.cfg.synapse_rows) or (("shared", False),)
+        splits, refusal = {}, None
         for name, replicate in modes:
             try:
-                found = split(replicate)
+                splits[name] = split(replicate)
             except ResourceError as exc:
                 refusal = refusal or exc
-                continue
-            if chosen is None or len(found.parts) < len(chosen.parts):
-                chosen, mode = found, name
-            level = self.prefer_replicated.get(layer.name, 0)
-            if replicate and (level >= 2 or level == 1 and len(found.parts) <= 2 * self._shared_parts(layer)):
-                chosen, mode = found, name  # its sources ran out of output axons: replicated
-                break
-        if chosen is None:
+        if not splits:
             raise refusal
+        mode = min(splits, key=lambda m: len(splits[m].parts))
+        # its sources ran out of output axons: replicated rows if they cost at most twice the cores
+        if (layer.name in self.prefer_replicated and "replicated" in splits
+                and ("shared" not in splits or len(splits["replicated"].parts) <= 2 * len(splits["shared"].parts))):
+            mode = "replicated"
+        chosen = splits[mode]
         self.replicate[layer.name] = mode == "replicated"
         layer.split_reason = chosen.why + (f"; synapse rows {mode}" if layer.K > 1 else "")
         return [Part.of(spec) for spec in chosen.parts]
@@ -807,7 +790,7 @@ def lower_network(network: Network, config: LoihiConfig, observed: dict | None =
     # readers of a source short of output axons get replicated rows if those cost at most
     # twice the cores of shared ones (forcing them further does not help: a memory-bound
     # reader then needs K times more cores, each read by the source); then sources shrink
-    replicated: dict[str, int] = {}
+    replicated: set[str] = set()
     readers = {name: set(spiking_sources(network, name))
                for name in (n.name for n in network.order if isinstance(n, (FSActivation, Readout)))}
     for _ in range(12):
@@ -816,10 +799,9 @@ def lower_network(network: Network, config: LoihiConfig, observed: dict | None =
         if not shrink:
             return program
         for name, per_core in shrink.items():
-            consumers = {r for r, srcs in readers.items() if name in srcs and replicated.get(r, 0) < 1}
+            consumers = {r for r, srcs in readers.items() if name in srcs} - replicated
             if name in program.out_axon_layers and consumers and config.synapse_rows == "auto":
-                for r in consumers:
-                    replicated[r] = replicated.get(r, 0) + 1
+                replicated |= consumers
                 continue
             overrides[name] = min(per_core, overrides.get(name, per_core))
     raise ResourceError(f"could not partition layers {sorted(overrides)} within the out-axon limit")
