@@ -75,6 +75,11 @@ class DenseMap:
     def nnz(self) -> int:
         return int(np.count_nonzero(self.matrix))
 
+    def triplets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every non-zero entry as ``(output index, input index, value)``."""
+        rows, cols = np.nonzero(self.matrix)
+        return rows.astype(np.int64), cols.astype(np.int64), self.matrix[rows, cols]
+
     def max_abs(self) -> int:
         """Largest |entry|: the largest single weight the map adds."""
         return int(np.abs(self.matrix).max(initial=0))
@@ -149,8 +154,9 @@ class ConvMap:
         neg = self._apply(np.where(self.kernel < 0, self.kernel, 0), ones).reshape(-1)
         return pos, neg
 
-    def to_dense(self) -> np.ndarray:
-        _check_dense(self.n_out, self.n_in, f"conv map {self.in_shape}->{self.out_shape}")
+    def triplets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every non-zero entry of the map as ``(output index, input index, value)``
+        (flat C-order indices), without building the dense matrix."""
         co, ci, kh, kw = self.kernel.shape
         _, H, W = self.in_shape
         hu, wu = self.used
@@ -163,16 +169,33 @@ class ConvMap:
         x, dx = np.nonzero((c >= 0) & (c < wu))
         rr, cc = r[y, dy], c[x, dx]
         # every (output pixel, input pixel) pair is hit by at most one tap: no sums needed
-        f = np.arange(co)[:, None, None, None]
-        ch = np.arange(ci)[None, :, None, None]
-        Y, DY, RR = y[None, None, :, None], dy[None, None, :, None], rr[None, None, :, None]
-        X, DX, CC = x[None, None, None, :], dx[None, None, None, :], cc[None, None, None, :]
-        rows = (f * Ho + Y) * Wo + X
-        cols = (ch * H + RR) * W + CC
-        vals = self.kernel[f, ch, DY, DX]
-        rows, cols, vals = np.broadcast_arrays(rows, cols, vals)
+        f, ch, ky, kx = np.nonzero(self.kernel)
+        vals = self.kernel[f, ch, ky, kx]
+        outs, ins, values = [], [], []
+        for tap_y in range(kh):
+            sel_y = dy == tap_y
+            for tap_x in range(kw):
+                sel_x = dx == tap_x
+                k = (ky == tap_y) & (kx == tap_x)
+                if not k.any() or not sel_y.any() or not sel_x.any():
+                    continue
+                Y, RR = y[sel_y], rr[sel_y]
+                X, CC = x[sel_x], cc[sel_x]
+                pix_out = (Y[:, None] * Wo + X[None, :]).reshape(-1)
+                pix_in = (RR[:, None] * W + CC[None, :]).reshape(-1)
+                outs.append((f[k][:, None] * (Ho * Wo) + pix_out[None, :]).reshape(-1))
+                ins.append((ch[k][:, None] * (H * W) + pix_in[None, :]).reshape(-1))
+                values.append(np.repeat(vals[k], len(pix_out)))
+        if not outs:
+            empty = np.zeros(0, np.int64)
+            return empty, empty, empty
+        return np.concatenate(outs), np.concatenate(ins), np.concatenate(values)
+
+    def to_dense(self) -> np.ndarray:
+        _check_dense(self.n_out, self.n_in, f"conv map {self.in_shape}->{self.out_shape}")
+        rows, cols, vals = self.triplets()
         m = np.zeros((self.n_out, self.n_in), np.int64)
-        m[rows.reshape(-1), cols.reshape(-1)] = vals.reshape(-1)
+        m[rows, cols] = vals
         return m
 
     def nnz(self) -> int:
@@ -224,6 +247,10 @@ class IdentityMap:
 
     def nnz(self) -> int:
         return self.n
+
+    def triplets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        idx = np.arange(self.n, dtype=np.int64)
+        return idx, idx, np.ones(self.n, np.int64)
 
     def max_abs(self) -> int:
         return 1 if self.n else 0
