@@ -107,6 +107,9 @@ class UnrolledNetwork:
     input: str
     #: per receiver, the sources it listens to (IR names)
     sources: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: per receiver, its weights: (source neuron, receiver neuron) pairs with a non-zero
+    #: term at some step (each costs one synapse per source cell and receiver cell)
+    weights: dict[str, int] = field(default_factory=dict)
 
     def decision_tick(self, layer: str, step: int, sample: int) -> int:
         """The tick at which cell ``step`` of ``layer`` decides for ``sample``."""
@@ -145,11 +148,14 @@ class UnrolledNetwork:
         return FIRST_TICK - 1 + np.arange(samples, dtype=np.int64) * self.period
 
 
-def _data_groups(rin: ReceiverInput, src: CellLayer, dst: CellLayer, d: np.ndarray, period: int) -> list[SynapseGroup]:
+def _data_groups(rin: ReceiverInput, src: CellLayer, dst: CellLayer, d: np.ndarray,
+                 period: int) -> tuple[list[SynapseGroup], int]:
     """Synapses from every cell s of ``src`` to every cell t of ``dst`` (one group per step
-    pair would be K^2 groups: they are concatenated per source step instead)."""
+    pair would be K^2 groups: they are concatenated), and the number of weights they carry
+    (source neuron, receiver neuron pairs with a non-zero term at some step)."""
     K_src = src.K
     pre_all, post_all, w_all, delay_all = [], [], [], []
+    pairs = []
     span = dst.stage - src.stage
     t_cells = dst.cells_per_neuron
     for s, (m, factor) in enumerate(rin.steps(src.name, d)):
@@ -159,15 +165,17 @@ def _data_groups(rin: ReceiverInput, src: CellLayer, dst: CellLayer, d: np.ndarr
         out_idx, in_idx, vals = out_idx[keep], in_idx[keep], vals[keep]
         if not len(vals):
             continue
+        pairs.append(in_idx * dst.neurons + out_idx)
         for t in range(t_cells):
             pre_all.append(in_idx * K_src + s)
             post_all.append(out_idx * t_cells + t)
             w_all.append(vals)
             delay_all.append(np.full(len(vals), span * period + t - s, np.int64))
     if not pre_all:
-        return []
+        return [], 0
+    weights = len(np.unique(np.concatenate(pairs))) if len(pairs) > 1 else len(pairs[0])
     return [SynapseGroup(src.name, dst.name, "data", np.concatenate(pre_all), np.concatenate(post_all),
-                         np.concatenate(w_all).astype(np.int64), np.concatenate(delay_all))]
+                         np.concatenate(w_all).astype(np.int64), np.concatenate(delay_all))], weights
 
 
 def _reset_group(layer: CellLayer, h: np.ndarray) -> SynapseGroup | None:
@@ -249,13 +257,16 @@ def unroll(network: Network, period: int | None = None, gate_grid: dict[str, int
     rins = receiver_inputs(network)
     groups: list[SynapseGroup] = []
     sources: dict[str, tuple[str, ...]] = {}
+    weights: dict[str, int] = {}
     for name, rin in rins.items():
         dst = layers[name]
         sources[name] = tuple(rin.maps)
         for src_name in rin.maps:
             src = layers[src_name]
             d = np.asarray(network.code_of(network.by_name[src_name]).d, np.int64)
-            groups.extend(_data_groups(rin, src, dst, d, period))
+            data, n_weights = _data_groups(rin, src, dst, d, period)
+            groups.extend(data)
+            weights[name] = weights.get(name, 0) + n_weights
         if dst.kind == "fs":
             reset = _reset_group(dst, np.asarray(network.code_of(network.by_name[name]).h, np.int64))
             if reset is not None:
@@ -266,7 +277,7 @@ def unroll(network: Network, period: int | None = None, gate_grid: dict[str, int
         gate = _gate_group(dst, period) if dst.kind == "fs" else None
         if gate is not None:
             groups.append(gate)
-    return UnrolledNetwork(K, period, layers, groups, network.readout.name, network.input.name, sources)
+    return UnrolledNetwork(K, period, layers, groups, network.readout.name, network.input.name, sources, weights)
 
 
 def _step_of(layer: CellLayer, cell: np.ndarray) -> np.ndarray:

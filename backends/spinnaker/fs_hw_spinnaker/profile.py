@@ -147,6 +147,9 @@ class _Profiler:
         self.float_steps: dict[str, np.ndarray] = {}
         self.receiver: dict[str, str] = {}
         self.scales: dict[str, LayerScale] = {}
+        #: per receiver, column sums (activation units) measured on the rounded weights:
+        #: rounding up may push a sum past the float bound
+        self.floors: dict[str, tuple[float, float]] = {}
 
     # -- checks and float step weights ------------------------------------------------
     def check(self) -> None:
@@ -233,6 +236,8 @@ class _Profiler:
                 s_exc += 2.0 * max(0.0, -float(code.T.min())) + 2.0**-12 * max(s_exc, s_inh)
             else:
                 t_max = 0.0
+            floor_exc, floor_inh = self.floors.get(node.name, (0.0, 0.0))
+            s_exc, s_inh = max(s_exc, floor_exc), max(s_inh, floor_inh)
             top = max(s_exc, s_inh, t_max, 1e-300)
             lam = 2.0 ** math.floor(math.log2(TARGET_SUM_MV / top))
             shift = {"excitatory": ring_buffer_shift(s_exc * lam), "inhibitory": ring_buffer_shift(s_inh * lam)}
@@ -329,7 +334,62 @@ class _Profiler:
             if isinstance(node, (Dense, Conv2d)):
                 self.float_steps[node.name] = self.float_step_weights(node)
                 self.receiver[node.name] = _receiver_of(net, node.name)
-        self.choose_scales()
+        for _ in range(4):
+            self.choose_scales()
+            notes_before = len(self.notes)
+            int_net = self._build()
+            measured = self._quantized_sums(int_net)
+            changed = False
+            for name, (exc, inh) in measured.items():
+                scale = self.scales[name]
+                if (ring_buffer_shift(exc) != scale.shift["excitatory"]
+                        or ring_buffer_shift(inh) != scale.shift["inhibitory"]):
+                    lam = scale.mv_per_unit
+                    self.floors[name] = (exc / lam, inh / lam)
+                    changed = True
+                scale.max_summed = {"excitatory": exc, "inhibitory": inh}
+            if not changed:
+                metadata = dict(int_net.metadata)
+                metadata["spinnaker_profile"] = {
+                    "input_scale": INPUT_SCALE,
+                    "layers": {k: v.to_dict() for k, v in self.scales.items()},
+                }
+                int_net = Network(int_net.nodes, dict(int_net.codes), metadata)
+                return int_net, self.notes, ProfileInfo(INPUT_SCALE, dict(self.scales))
+            del self.notes[notes_before:]
+        raise ValidationError("spinnaker profile", "ring-buffer shifts",
+                              "did not settle after rounding (internal error)")
+
+    def _quantized_sums(self, int_net: Network) -> dict[str, tuple[float, float]]:
+        """Per receiver, worst-case column sums (mV) of the rounded network: per-step
+        weights, biases, resets and gates, as its cells will receive them."""
+        from fs_hw.lower.unroll import gates
+
+        sums: dict[str, list[np.ndarray]] = {}
+        for name, rec in self.receiver.items():
+            node = int_net.by_name[name]
+            _, chain = self.sources[name]
+            pos, neg = self._row_sums(node, node.step_weight, _window_product(self.net, chain))
+            b = node.bias
+            pos = pos + np.where(b > 0, b, 0.0)
+            neg = neg + np.where(b < 0, -b, 0.0)
+            acc = sums.setdefault(rec, [np.zeros_like(pos), np.zeros_like(neg)])
+            acc[0] = acc[0] + pos
+            acc[1] = acc[1] + neg
+        out = {}
+        for rec, (pos, neg) in sums.items():
+            exc, inh = float(pos.max(initial=0.0)), float(neg.max(initial=0.0))
+            node = int_net.by_name[rec]
+            if isinstance(node, FSActivation):
+                code = int_net.code_of(node)
+                inh += float(np.clip(code.h[:-1], 0, None).sum())
+                exc += float(np.clip(-code.h[:-1], 0, None).sum())
+                exc += float(gates(code.T, self.scales[rec].grid("excitatory")).max(initial=0))
+            out[rec] = (exc / 2.0**FRACTION_BITS, inh / 2.0**FRACTION_BITS)
+        return out
+
+    def _build(self) -> Network:
+        net = self.net
         new_nodes: list[Node] = []
         codes: dict[str, FSCode] = {}
         inp = net.input
@@ -357,13 +417,7 @@ class _Profiler:
                 new_nodes.append(Conv2d(node.name, node.input, w, np.zeros(C), stride=stride, padding=0))
             else:
                 new_nodes.append(node)
-        metadata = dict(net.metadata)
-        metadata["spinnaker_profile"] = {
-            "input_scale": INPUT_SCALE,
-            "layers": {k: v.to_dict() for k, v in self.scales.items()},
-        }
-        int_net = Network(tuple(new_nodes), codes, metadata)
-        return int_net, self.notes, ProfileInfo(INPUT_SCALE, dict(self.scales))
+        return Network(tuple(new_nodes), codes, dict(net.metadata))
 
 
 def spinnaker_profile(network: Network) -> tuple[Network, NumericProfile, list[str], ProfileInfo]:
