@@ -6,7 +6,10 @@ The quirks of PyNN 0.13 on NEST 3.10 handled here (measured, see docs/spinnaker.
 * PyNN tries to cmake its NEST extensions at import whenever ``nest-config`` is on PATH
   (a venv's ``bin/``), building into the package or the *current folder*: the import runs
   with those PATH entries removed;
-* ``import nest`` sets torch to one thread: the count is restored;
+* ``import nest`` sets torch to one thread, and NEST's ``ResetKernel`` (inside PyNN's
+  ``setup``) crashes the process (segmentation fault) when torch runs more than one
+  thread at that moment (they share the OpenMP runtime): torch runs one thread while NEST
+  is in use and gets its count back afterwards;
 * ``IF_curr_delta`` has no ``variable_map`` in pyNN.nest, so ``v`` could not be recorded:
   the class gets ``{"v": "V_m"}`` (unit factor 1), once;
 * ``setup`` gets ``spike_precision="on_grid"`` (the off-grid model rejects a refractory
@@ -27,6 +30,20 @@ import numpy as np
 from fs_hw.backend import RunResult
 from fs_hw.lower.unroll import FIRST_TICK, UnrolledNetwork
 from fs_hw_spinnaker.build import UNITS_PER_MV, Connect, build_model
+
+
+@contextlib.contextmanager
+def torch_single_threaded():
+    """Torch on one thread inside the block (NEST shares its OpenMP runtime)."""
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch is not None and threads:
+            torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
@@ -87,6 +104,12 @@ def run_on_nest(unrolled: UnrolledNetwork, input_spikes: np.ndarray, timestep_ms
     Spike trains are ``(N, K, *shape)`` ``uint8`` per FS layer, read-outs ``(N, *shape)``
     integers of 2^-15 mV. A spike off its cell's decision tick raises ``RuntimeError``.
     """
+    with torch_single_threaded():
+        return _run_on_nest(unrolled, input_spikes, timestep_ms, connect)
+
+
+def _run_on_nest(unrolled: UnrolledNetwork, input_spikes: np.ndarray, timestep_ms: float,
+                 connect: Connect) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
     sim = import_pynn_nest()
     u = unrolled
     N = len(input_spikes)

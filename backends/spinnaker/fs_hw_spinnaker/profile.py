@@ -342,6 +342,10 @@ class _Profiler:
             changed = False
             for name, (exc, inh) in measured.items():
                 scale = self.scales[name]
+                # sPyNNaker gets a number at least the rounded sum (no ring buffer saturates)
+                # that gives the shift the weights were rounded for
+                exc = max(exc, scale.max_summed["excitatory"])
+                inh = max(inh, scale.max_summed["inhibitory"])
                 if (ring_buffer_shift(exc) != scale.shift["excitatory"]
                         or ring_buffer_shift(inh) != scale.shift["inhibitory"]):
                     lam = scale.mv_per_unit
