@@ -29,7 +29,14 @@ from fs_hw.lower.limits import check_usage
 from fs_hw.lower.unroll import UnrolledNetwork, check_alignment, unroll
 from fs_hw.outputs import atomic_write_json
 from fs_hw.reference.simulator import concat_results, run_reference
-from fs_hw_spinnaker.config import SPINNAKER_LIMITS, SpiNNakerConfig, spinnaker_limits
+from fs_hw_spinnaker.config import (
+    BOARD_APP_CORES,
+    BOARD_CHIPS,
+    SPINNAKER_LIMITS,
+    SpiNNakerConfig,
+    native_delay_ticks,
+    spinnaker_limits,
+)
 from fs_hw_spinnaker.profile import ProfileInfo, spinnaker_profile
 
 MAPPING_NOTE = (
@@ -127,7 +134,8 @@ class SpiNNakerBackend:
             # the host runs the input code (the board receives its spikes)
             host = run_reference(artifact.network, chunk, "fast", artifact.profile, record_spikes=True)
             spikes = host.spike_trains[artifact.network.input.name]
-            trains, readout, info = run_on_nest(unrolled, spikes, cfg.timestep_ms, connect_arrays)
+            trains, readout, info = run_on_nest(unrolled, spikes, cfg.timestep_ms, connect_arrays,
+                                                cells_per_population=cfg.neurons_per_core)
             info.update(runner="nest", samples=len(chunk), seconds=info["build_seconds"] + info["simulate_seconds"])
             parts.append(result_from(trains, readout, info, artifact.network.input.name,
                                      artifact.network.time_steps))
@@ -194,12 +202,8 @@ def _resources(network: Network, unrolled: UnrolledNetwork, cfg: SpiNNakerConfig
                     hint="skip connections over this many stages need more delay than sPyNNaker offers")
     weights = unrolled.weights
     layers: dict[str, LayerResources] = {}
-    total_cores = 0
     for name, layer in unrolled.layers.items():
-        cores = 0 if layer.kind == "bias" else math.ceil(layer.cells / npc)
-        if layer.kind == "bias":
-            cores = 1
-        total_cores += cores
+        cores = 1 if layer.kind in ("bias", "input") else math.ceil(layer.cells / min(npc, 256))
         layers[name] = LayerResources(
             name=name, kind=layer.kind, parts=cores, neurons_per_part=min(npc, layer.cells), units=layer.cells,
             weights=weights.get(name, 0), synapse_entries=synapses.get(name, 0),
@@ -207,9 +211,23 @@ def _resources(network: Network, unrolled: UnrolledNetwork, cfg: SpiNNakerConfig
                   f"of <= {npc}",
             inputs=tuple(sorted(inputs.get(name, ()))), connection_kinds=tuple(sorted(kinds.get(name, ()))),
         )
+    # cores as sPyNNaker places them: neuron populations split at npc, one core per spike
+    # source, a delay extension (split like its source) for each source sending beyond the
+    # receivers' native delay slots
+    from fs_hw_spinnaker.vboard import cores_per_population, estimate_cores
+
+    neurons = {n: ly.cells for n, ly in unrolled.layers.items() if ly.kind in ("fs", "readout")}
+    sources = {n: ly.cells for n, ly in unrolled.layers.items() if ly.kind in ("input", "bias")}
+    native = native_delay_ticks(npc)
+    delayed = sorted({g.pre for g in unrolled.groups if int(g.delay.max(initial=0)) > native})
+    total_cores = estimate_cores(neurons, npc, sources=sources, delay_extensions=delayed)
+    per_pop = cores_per_population(neurons, npc)
+    for name, layer in layers.items():
+        layer.parts = per_pop.get(name, 1)
     check_usage(limits, {"cores": total_cores}, "network",
-                hint=f"the board has {cfg.board_chips()} chips; set width/height in the [target] table for a larger "
-                     "machine (delay-extension cores come on top of this count)")
+                hint=f"{cfg.machine().describe()}; give width/height in the [target] table for a larger machine "
+                     f"(the count includes {len(sources)} spike-source core(s) and delay extensions for "
+                     f"{delayed or 'no source'})")
     sums = column_sums(unrolled)
     for name, s in sums.items():
         bound = info.layers[name].max_summed
@@ -223,13 +241,15 @@ def _resources(network: Network, unrolled: UnrolledNetwork, cfg: SpiNNakerConfig
     counts = unrolled.synapse_counts()
     return Resources(
         cores=total_cores,
-        chips=math.ceil(total_cores / max(1, cfg.board_cores() // cfg.board_chips())),
+        chips=math.ceil(total_cores / (BOARD_APP_CORES / BOARD_CHIPS)),
         neurons=sum(ly.cells for ly in unrolled.layers.values() if ly.kind in ("fs", "readout")),
         time_steps_per_sample=unrolled.period,
         latency_steps=unrolled.readout_tick(0),
         layers=layers,
         extra={
-            "estimate": "cores and chips counted from cells per core; --runner spinnaker maps them",
+            "estimate": "cores as sPyNNaker splits and places them (chips: cores / 15.8 per chip); --runner "
+                        "spinnaker maps them",
+            "delay_extensions": delayed,
             "synapses": n_syn,
             "synapses_by_kind": counts,
             "synapses_per_weight": round(counts.get("data", 0) / n_weights, 3) if n_weights else None,

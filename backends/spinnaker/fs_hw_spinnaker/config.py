@@ -9,11 +9,10 @@ from fs_hw.lower.limits import Limit, LimitTable
 
 #: sPyNNaker's default atoms per core for IF_curr_delta
 NEURONS_PER_CORE = 256
-#: a SpiNN-5 board (sPyNNaker ``version = 5``): 48 chips of 18 ARM cores
+#: a SpiNN-5 board (sPyNNaker ``version = 5``): 48 chips, 856 cores, 759 of them for the
+#: application (a monitor and an extra monitor per chip, a packet gatherer): see vboard
 BOARD_CHIPS = 48
-#: application cores per chip: 18 cores minus the monitor core and the one sPyNNaker's
-#: extra monitor takes (a virtual board's mapping confirms the count, see vboard)
-APP_CORES_PER_CHIP = 16
+BOARD_APP_CORES = 759
 #: sPyNNaker's ring buffer index bits (``MAX_RING_BUFFER_BITS``): atom bits + synapse-type
 #: bit + delay bits
 RING_BUFFER_BITS = 14
@@ -36,8 +35,8 @@ def spinnaker_limits(neurons_per_core: int = NEURONS_PER_CORE, board_cores: int 
               f"{native} ticks natively at {neurons_per_core} atoms per core, x{DELAY_EXTENSION_STAGES} "
               "through delay-extension cores"),
         Limit("weight_magnitude", 0xFFFF, "weight steps (16-bit magnitude)", "synapse"),
-        Limit("cores", board_cores if board_cores is not None else BOARD_CHIPS * APP_CORES_PER_CHIP,
-              "application cores", "board"),
+        Limit("cores", board_cores if board_cores is not None else BOARD_APP_CORES,
+              "application cores (neuron populations, spike sources, delay extensions)", "board"),
     ))
 
 
@@ -48,14 +47,15 @@ SPINNAKER_LIMITS = spinnaker_limits()
 class SpiNNakerConfig:
     """Validated settings of the SpiNNaker target (the ``[target]`` table).
 
-    The board: ``version = 5`` is one 48-chip SpiNN-5 board; ``width``/``height`` (in
-    chips, multiples of a board's 12 x 12 triad) describe a larger machine. A network that
+    The board: one 48-chip SpiNN-5 board (8 x 8 chips) by default; ``width``/``height``
+    (chips per side, each a multiple of 12, or of 12 plus 4, as spalloc allocates:
+    ``12a x 12b`` chips hold ``3ab`` boards) describe a larger machine. A network that
     needs more cores than the board has is refused before anything runs.
     """
 
-    width: int | None = setting(None, "machine width in chips (with height; default: one 48-chip board)",
-                                range=(2, 1024))
-    height: int | None = setting(None, "machine height in chips (with width)", range=(2, 1024))
+    width: int | None = setting(None, "machine width in chips, with height (12k or 12k+4; 12 x 12 = 3 boards); "
+                                "default: one 48-chip board", range=(8, 256))
+    height: int | None = setting(None, "machine height in chips, with width", range=(8, 256))
     neurons_per_core: int = setting(NEURONS_PER_CORE, "cells per core (sPyNNaker's atoms per core)",
                                     range=(1, 1024))
     timestep_ms: float = setting(1.0, "simulation time step in ms (one tick)", range=(0.015625, 10.0))
@@ -72,14 +72,18 @@ class SpiNNakerConfig:
     def to_dict(self) -> dict:
         return config_to_dict(self)
 
-    def board_chips(self) -> int:
-        if self.width is None and self.height is None:
-            return BOARD_CHIPS
-        if self.width is None or self.height is None:
-            from fs_hw.errors import ValidationError
+    def machine(self):
+        """The machine as :class:`fs_hw_spinnaker.vboard.MachineSpec` (sizes checked there)."""
+        from fs_hw.errors import ValidationError
+        from fs_hw_spinnaker.vboard import MachineSpec
 
-            raise ValidationError("spinnaker config", "width/height", "give both or neither")
-        return self.width * self.height
+        try:
+            return MachineSpec(width=self.width, height=self.height)
+        except ValueError as exc:
+            raise ValidationError("spinnaker config", "width/height", str(exc).split(": ", 1)[-1]) from None
+
+    def board_chips(self) -> int:
+        return self.machine().n_chips
 
     def board_cores(self) -> int:
-        return self.board_chips() * APP_CORES_PER_CHIP
+        return self.machine().application_cores

@@ -98,24 +98,29 @@ def setup(sim, timestep_ms: float, max_delay_ticks: int) -> None:
 
 
 def run_on_nest(unrolled: UnrolledNetwork, input_spikes: np.ndarray, timestep_ms: float,
-                connect: Connect) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
+                connect: Connect, cells_per_population: int | None = None,
+                ) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
     """Build the model for the batch, run it, and return ``(spike trains, read-outs, info)``.
 
     Spike trains are ``(N, K, *shape)`` ``uint8`` per FS layer, read-outs ``(N, *shape)``
     integers of 2^-15 mV. A spike off its cell's decision tick raises ``RuntimeError``.
     """
-    with torch_single_threaded():
-        return _run_on_nest(unrolled, input_spikes, timestep_ms, connect)
+    # PyNN 0.13 calls NEST's deprecated SetStatus/GetStatus (a UserWarning per call)
+    with torch_single_threaded(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(Set|Get)Status\(\) is deprecated", category=UserWarning)
+        return _run_on_nest(unrolled, input_spikes, timestep_ms, connect, cells_per_population)
 
 
 def _run_on_nest(unrolled: UnrolledNetwork, input_spikes: np.ndarray, timestep_ms: float,
-                 connect: Connect) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
+                 connect: Connect, cells_per_population: int | None,
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
     sim = import_pynn_nest()
     u = unrolled
     N = len(input_spikes)
     t0 = time.perf_counter()
     setup(sim, timestep_ms, u.max_delay)
-    model = build_model(sim, u, u.input_spike_ticks(input_spikes), N, timestep_ms, connect=connect)
+    model = build_model(sim, u, u.input_spike_ticks(input_spikes), N, timestep_ms, connect=connect,
+                        cells_per_population=cells_per_population)
     t_build = time.perf_counter() - t0
     ticks = u.ticks(N)
     t0 = time.perf_counter()
@@ -128,23 +133,25 @@ def _run_on_nest(unrolled: UnrolledNetwork, input_spikes: np.ndarray, timestep_m
     for name, layer in u.layers.items():
         if layer.kind not in ("fs", "readout"):
             continue
-        block = model.populations[name].get_data(clear=True).segments[0]
+        parts = [(pop.get_data(clear=True).segments[0], first) for pop, first in model.populations[name]]
         if layer.kind == "fs":
-            trains[name] = _decode_spikes(u, name, block.spiketrains, N, timestep_ms)
+            trains[name] = _decode_spikes(u, name, parts, N, timestep_ms)
         else:
-            readout = _decode_readout(u, block.analogsignals, N, timestep_ms, layer)
+            readout = _decode_readout(u, parts, N, timestep_ms, layer)
     sim.end()
     info = {"build_seconds": round(t_build, 3), "simulate_seconds": round(t_run, 3), "ticks": int(ticks),
-            "synapses": dict(model.synapses)}
+            "synapses": dict(model.synapses), "populations": sum(len(p) for p in model.populations.values()),
+            "projections": len(model.projections)}
     return trains, readout, info
 
 
-def _decode_spikes(u: UnrolledNetwork, name: str, spiketrains, N: int, dt: float) -> np.ndarray:
+def _decode_spikes(u: UnrolledNetwork, name: str, parts, N: int, dt: float) -> np.ndarray:
     layer = u.layers[name]
     K = layer.K
     out = np.zeros((N, K, layer.neurons), np.uint8)
-    for st in spiketrains:
-        cell = int(st.annotations["source_index"])
+    trains = [(st, first) for block, first in parts for st in block.spiketrains]
+    for st, first in trains:
+        cell = first + int(st.annotations["source_index"])
         j, t = divmod(cell, K)
         times = np.asarray(st.magnitude, np.float64)
         if not len(times):
@@ -162,15 +169,16 @@ def _decode_spikes(u: UnrolledNetwork, name: str, spiketrains, N: int, dt: float
     return out.reshape(N, K, *layer.shape)
 
 
-def _decode_readout(u: UnrolledNetwork, signals, N: int, dt: float, layer) -> np.ndarray:
-    sig = signals[0]
-    v = np.asarray(sig.magnitude, np.float64)  # (time points, cells)
-    t_start = float(sig.t_start.rescale("ms").magnitude)
-    ticks = np.array([u.readout_tick(m) for m in range(N)])
-    rows = np.rint((ticks * dt - t_start) / dt).astype(np.int64)
-    idx = np.asarray(sig.array_annotations.get("channel_index", np.arange(v.shape[1])), np.int64)
+def _decode_readout(u: UnrolledNetwork, parts, N: int, dt: float, layer) -> np.ndarray:
     values = np.zeros((N, layer.cells))
-    values[:, idx] = v[rows]
+    ticks = np.array([u.readout_tick(m) for m in range(N)])
+    for block, first in parts:
+        sig = block.analogsignals[0]
+        v = np.asarray(sig.magnitude, np.float64)  # (time points, cells)
+        t_start = float(sig.t_start.rescale("ms").magnitude)
+        rows = np.rint((ticks * dt - t_start) / dt).astype(np.int64)
+        idx = np.asarray(sig.array_annotations.get("channel_index", np.arange(v.shape[1])), np.int64)
+        values[:, first + idx] = v[rows]
     return np.rint(values * UNITS_PER_MV).astype(np.int64).reshape(N, *layer.shape)
 
 
