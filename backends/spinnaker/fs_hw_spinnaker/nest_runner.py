@@ -107,7 +107,7 @@ def run_on_nest(unrolled: UnrolledNetwork, input_spikes: np.ndarray, timestep_ms
     """
     # PyNN 0.13 calls NEST's deprecated SetStatus/GetStatus (a UserWarning per call)
     with torch_single_threaded(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"(Set|Get)Status\(\) is deprecated", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"\s*(Set|Get)Status\(\) is deprecated", category=UserWarning)
         return _run_on_nest(unrolled, input_spikes, timestep_ms, connect, cells_per_population)
 
 
