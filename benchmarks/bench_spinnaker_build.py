@@ -119,6 +119,12 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-slow", action="store_true", help="leave out (b), PyNN's FromListConnector")
     ap.add_argument("--no-check", action="store_true", help="skip the equality check of (c) against (a)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--network", default=None,
+                    help="also time the backend's whole PyNN build (build_model) of this .fsnet against a direct "
+                         "nest.Create + nest.Connect of the same cells and synapses (default: the bundled MLP; "
+                         "'none' to skip)")
+    ap.add_argument("--spinnaker", action="store_true",
+                    help="also map that network on sPyNNaker's virtual board and report seconds per million synapses")
     args = ap.parse_args(argv)
 
     import logging
@@ -160,6 +166,67 @@ def main(argv=None) -> None:
     print(f"\nratio shim / direct nest.Connect: {shim_wall / base_wall:.2f}x")
     if "(b) PyNN FromListConnector" in results:
         print(f"speed-up shim over PyNN FromListConnector: {results['(b) PyNN FromListConnector'][0] / shim_wall:.1f}x")
+    if args.network != "none":
+        backend_build(sim, nest, args.network, args.spinnaker)
+
+
+def backend_build(sim, nest, network_path, spinnaker: bool) -> None:
+    """The backend's own build of a network (populations, core-sized parts, projections)
+    against a direct NEST build of the same cells and synapses, in one run."""
+    from fs_hw_spinnaker.build import build_model
+    from fs_hw_spinnaker.nest_runner import setup
+
+    from fs_hw.backend import get_backend
+    from fs_hw.ir.io import load_network
+
+    path = network_path or str(Path(__file__).resolve().parents[1] / "fs_hw" / "examples" / "fashion_mlp.fsnet")
+    backend = get_backend("spinnaker")
+    art = backend.lower(backend.quantize(load_network(path), {}), {})
+    u = art.payload
+    n_syn = sum(len(g) for g in u.groups)
+    ticks = [np.array([5], np.int64)] * u.layers[u.input].cells
+
+    def direct():
+        setup(sim, 1.0, u.max_delay)
+        ids = {}
+        for name, layer in u.layers.items():
+            model = "spike_generator" if layer.kind in ("input", "bias") else "iaf_psc_delta"
+            ids[name] = np.asarray(nest.Create(model, layer.cells).tolist(), np.int64)
+        for g in u.groups:
+            nest.Connect(ids[g.pre][g.pre_idx], ids[g.post][g.post_idx], {"rule": "one_to_one"},
+                         {"synapse_model": "static_synapse", "weight": g.weight / 2.0**15,
+                          "delay": g.delay.astype(np.float64)})
+
+    def backend_model():
+        setup(sim, 1.0, u.max_delay)
+        build_model(sim, u, ticks, 1, 1.0, connect=connect_arrays, cells_per_population=256)
+
+    times = {}
+    for name, fn in (("direct NEST (Create + Connect)", direct), ("backend build_model (PyNN)", backend_model)):
+        best = float("inf")
+        for _ in range(2):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        times[name] = best
+    print(f"\nbackend build of {Path(path).name}: {n_syn} synapses, "
+          f"{sum(ly.cells for ly in u.layers.values())} cells")
+    for name, t in times.items():
+        print(f"{name:40s} {t:9.3f} s")
+    ratio = times["backend build_model (PyNN)"] / times["direct NEST (Create + Connect)"]
+    print(f"ratio backend build / direct NEST build: {ratio:.2f}x")
+    if spinnaker:
+        from fs_hw_spinnaker.spinnaker_runner import map_artifact
+
+        from fs_hw.data import load_dataset
+
+        x, _ = load_dataset(art.network.metadata.get("dataset", "fashion-mnist"), "test")
+        x = x[:1]
+        t0 = time.perf_counter()
+        map_artifact(art, x)
+        wall = time.perf_counter() - t0
+        print(f"sPyNNaker virtual-board mapping: {wall:.1f} s wall (child process, import included), "
+              f"{wall / (n_syn / 1e6):.1f} s per million synapses")
 
 
 if __name__ == "__main__":
