@@ -52,7 +52,9 @@ class Violation:
 
     @property
     def message(self) -> str:
-        where = f"layer {self.layer!r}" + (f" ({self.part})" if self.part else "")
+        # "network" names a whole-network use (cores on a board, K), not a layer
+        where = ("the network" if self.layer == "network" else f"layer {self.layer!r}") + (
+            f" ({self.part})" if self.part else "")
         return (f"{where}: needs {_num(self.used)} {self.limit.what}, "
                 f"above the limit {_num(self.limit.value)}")
 

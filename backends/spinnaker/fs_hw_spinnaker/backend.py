@@ -67,9 +67,9 @@ def _has_spynnaker() -> bool:
 
 class SpiNNakerBackend:
     """SpiNNaker through PyNN: one PyNN model, run on ``pyNN.nest`` (runner ``nest``,
-    spike-exact against the SpiNNaker profile) or on sPyNNaker (runner ``spinnaker``: a
-    board when the user's sPyNNaker config names one, else its virtual board, which maps
-    the model and returns no spikes).
+    spike-exact against the SpiNNaker profile) or on sPyNNaker (runner ``spinnaker``: its
+    virtual board, which maps the model and returns no spikes; a real board named in the
+    user's sPyNNaker config is refused as not supported yet).
 
     Settings: :class:`fs_hw_spinnaker.config.SpiNNakerConfig`; limits: ``SPINNAKER_LIMITS``.
     """
@@ -92,7 +92,7 @@ class SpiNNakerBackend:
     runners = (
         Runner("nest", "PyNN's NEST simulator running the same quantized model", _has_nest,
                "pip install PyNN==0.13.0 nest-simulator==3.10.0"),
-        Runner("spinnaker", "sPyNNaker: a SpiNNaker board, or its virtual board (mapping only, no spikes)",
+        Runner("spinnaker", "sPyNNaker's virtual board: the board's mapping (cores, SDRAM, routing), no spikes",
                _has_spynnaker, "pip install 'sPyNNaker==1!7.4.1'"),
     )
     exactness = BIT_EXACT

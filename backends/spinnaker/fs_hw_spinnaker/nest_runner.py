@@ -62,15 +62,16 @@ def _quiet_import_env():
 
 def import_pynn_nest():
     """``pyNN.nest``, imported with the quirks above handled."""
-    if "pyNN.nest" in sys.modules:
-        return sys.modules["pyNN.nest"]
-    torch = sys.modules.get("torch")
-    threads = torch.get_num_threads() if torch is not None else None
-    with _quiet_import_env(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pyNN.nest as sim
-    if torch is not None and threads:
-        torch.set_num_threads(threads)
+    sim = sys.modules.get("pyNN.nest")
+    if sim is None:
+        torch = sys.modules.get("torch")
+        threads = torch.get_num_threads() if torch is not None else None
+        with _quiet_import_env(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pyNN.nest as sim
+        if torch is not None and threads:
+            torch.set_num_threads(threads)
+    # also when someone else imported pyNN.nest first
     cls = sim.IF_curr_delta
     if "v" not in getattr(cls, "variable_map", {}):
         cls.variable_map = {"v": "V_m"}
