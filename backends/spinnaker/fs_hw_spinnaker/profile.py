@@ -43,10 +43,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fs_hw.backend import NumericProfile
-from fs_hw.errors import UnsupportedError, ValidationError
-from fs_hw.ir import Add, AvgPool2d, Conv2d, Dense, Flatten, FSActivation, Input, Network, Readout
+from fs_hw.errors import ValidationError
+from fs_hw.ir import FSActivation, Input, Network, Readout
 from fs_hw.ir.code import FSCode
 from fs_hw.ir.nodes import Node
+from fs_hw.lower.stepnet import Rounding, integer_network, integer_threshold, receiver_sums, step_network
 
 #: units per mV: s16.15
 FRACTION_BITS = 15
@@ -57,7 +58,6 @@ TARGET_SUM_MV = 2.0**14
 WEIGHT_MAGNITUDE_MAX = 0xFFFF
 #: the input code runs on the host in this many units per activation unit
 INPUT_SCALE = 2.0**20
-SUPPORTED = (Input, Dense, Conv2d, AvgPool2d, Flatten, Add, FSActivation, Readout)
 RECEPTORS = ("excitatory", "inhibitory")
 
 
@@ -109,121 +109,23 @@ class ProfileInfo:
     layers: dict[str, LayerScale] = field(default_factory=dict)
 
 
-def _receiver_of(network: Network, name: str) -> str:
-    """The FS node or read-out a linear node's output ends in (through adds, not through
-    weighted nodes, pooling or flatten: those get their own receiver's scale)."""
-    node = network.by_name[name]
-    for consumer in network.consumers[name]:
-        c = network.by_name[consumer]
-        if isinstance(c, (FSActivation, Readout)):
-            return consumer
-        if isinstance(c, Add):
-            return _receiver_of(network, consumer)
-    raise UnsupportedError(
-        f"{node.label}: on SpiNNaker a weighted node must feed an FS activation or the read-out "
-        f"(directly or through a residual add); it feeds {list(network.consumers[name])}"
-    )
-
-
-def _window_product(network: Network, chain: tuple[str, ...]) -> float:
-    m = 1.0
-    for name in chain:
-        node = network.by_name[name]
-        if isinstance(node, AvgPool2d):
-            (kh, kw), _ = node.window(network.shapes[node.input])
-            m *= kh * kw
-        elif not isinstance(node, Flatten):
-            raise UnsupportedError(f"{node.label}: only pooling and flatten may lie between a spiking node "
-                                   "and the weights that read it on SpiNNaker")
-    return m
-
-
 class _Profiler:
     def __init__(self, network: Network):
-        self.net = network
+        self.steps = step_network(network, "SpiNNaker")
+        self.net = self.steps.network
         self.notes: list[str] = []
-        # per weighted node: (source, chain) and float per-step weights in activation units
-        self.sources: dict[str, tuple[str, tuple[str, ...]]] = {}
-        self.float_steps: dict[str, np.ndarray] = {}
-        self.receiver: dict[str, str] = {}
         self.scales: dict[str, LayerScale] = {}
         #: per receiver, column sums (activation units) measured on the rounded weights:
         #: rounding up may push a sum past the float bound
         self.floors: dict[str, tuple[float, float]] = {}
 
-    # -- checks and float step weights ------------------------------------------------
-    def check(self) -> None:
-        net = self.net
-        for node in net.nodes:
-            if not isinstance(node, SUPPORTED):
-                raise UnsupportedError(
-                    f"{node.label}: node kind {node.kind!r} is not supported by the SpiNNaker target")
-        if net.input.code is None:
-            raise UnsupportedError(
-                f"{net.input.label}: analog input; SpiNNaker receives spikes only: give the input an FS code"
-            )
-        for node in net.nodes:
-            if isinstance(node, (FSActivation, Readout)) and net.is_spiking(net.by_name[node.input]):
-                raise UnsupportedError(
-                    f"{node.label}: reads the spiking node {node.input!r} directly; put a weighted node between"
-                )
-            if isinstance(node, Add):
-                for op in node.operands:
-                    o = net.by_name[op]
-                    if not (net.is_spiking(o) or isinstance(o, (Dense, Conv2d))):
-                        raise UnsupportedError(
-                            f"{node.label}: operand {op!r} is a {o.kind}; on SpiNNaker an add sums weighted "
-                            "nodes and spiking nodes"
-                        )
-
-    def float_step_weights(self, node: Dense | Conv2d) -> np.ndarray:
-        net = self.net
-        try:
-            src, chain = net.step_source(node.name)
-        except ValidationError as exc:
-            raise UnsupportedError(
-                f"{node.label}: SpiNNaker stores one weight per source step, so a weighted node must read "
-                f"one spiking node through pooling/flatten only ({exc})"
-            ) from None
-        window = _window_product(net, chain)
-        d = net.code_of(net.by_name[src]).d
-        self.sources[node.name] = (src, chain)
-        base = node.weight if node.step_weight is None else None
-        if base is None:
-            raise UnsupportedError(f"{node.label}: already carries per-step weights; convert from a float network")
-        return np.stack([base * (float(dt) / window) for dt in d])
-
-    # -- column sums ------------------------------------------------------------------
-    @staticmethod
-    def _row_sums(node: Dense | Conv2d, steps: np.ndarray, window: float) -> tuple[np.ndarray, np.ndarray]:
-        """Per output neuron (dense) or channel (conv): sum over steps and inputs of the
-        positive and of the negative entries of the composed map (an upper bound at
-        image borders, where padding drops taps)."""
-        pos = np.where(steps > 0, steps, 0.0) * window
-        neg = np.where(steps < 0, -steps, 0.0) * window
-        axes = (0, 2) if isinstance(node, Dense) else (0, 2, 3, 4)
-        return pos.sum(axis=axes), neg.sum(axis=axes)
-
     def choose_scales(self) -> None:
-        net = self.net
-        sums: dict[str, list[np.ndarray]] = {}
-        for node in net.order:
-            if isinstance(node, (Dense, Conv2d)):
-                steps = self.float_steps[node.name]
-                _, chain = self.sources[node.name]
-                pos, neg = self._row_sums(node, steps, _window_product(net, chain))
-                b = node.bias
-                pos = pos + np.where(b > 0, b, 0.0)
-                neg = neg + np.where(b < 0, -b, 0.0)
-                rec = self.receiver[node.name]
-                acc = sums.setdefault(rec, [np.zeros_like(pos), np.zeros_like(neg)])
-                acc[0] = acc[0] + pos
-                acc[1] = acc[1] + neg
+        net, steps = self.net, self.steps
+        sums = receiver_sums(steps, lambda n: steps.float_steps[n], lambda n: net.by_name[n].bias)
         for node in net.order:
             if not isinstance(node, (FSActivation, Readout)):
                 continue
-            pos, neg = sums[node.name]
-            s_exc, s_inh = float(pos.max(initial=0.0)), float(neg.max(initial=0.0))
+            s_exc, s_inh = sums[node.name]
             if isinstance(node, FSActivation):
                 code = net.code_of(node)
                 # the last cell receives every earlier reset: h > 0 inhibits, h < 0 excites
@@ -256,46 +158,37 @@ class _Profiler:
                 raise ValidationError(what, "weight", f"needs a {receptor} magnitude above 16 bits (internal error)")
         return out
 
-    def _weighted(self, node: Dense | Conv2d) -> Node:
-        scale = self.scales[self.receiver[node.name]]
-        sw = self._on_grid(self.float_steps[node.name], scale, node.label)
-        b = self._on_grid(node.bias, scale, node.label)
-        unit = 1.0 / (scale.mv_per_unit * 2.0**FRACTION_BITS)
-        nominal = np.round(node.weight / unit)
-        wmax = float(np.abs(self.float_steps[node.name]).max(initial=0.0))
+    def _step_weights(self, name: str) -> np.ndarray:
+        node = self.net.by_name[name]
+        scale = self.scales[self.steps.receiver[name]]
+        fl = self.steps.float_steps[name]
+        sw = self._on_grid(fl, scale, node.label)
+        wmax = float(np.abs(fl).max(initial=0.0))
         if wmax > 0:
-            err = float(np.abs(sw * unit - self.float_steps[node.name]).max()) / wmax
-            zeroed = int(np.count_nonzero((sw == 0) & (self.float_steps[node.name] != 0)))
-            total = int(np.count_nonzero(self.float_steps[node.name]))
+            unit = 1.0 / (scale.mv_per_unit * 2.0**FRACTION_BITS)
+            err = float(np.abs(sw * unit - fl).max()) / wmax
+            zeroed = int(np.count_nonzero((sw == 0) & (fl != 0)))
             self.notes.append(
                 f"{node.label}: per-step weights w*d(t) on 16-bit grids of 2^{scale.shift['excitatory']} "
                 f"(excitatory) / 2^{scale.shift['inhibitory']} (inhibitory) units of 2^-15 mV: max error "
-                f"{err:.2e} of the largest term; {zeroed} of {total} non-zero terms round to 0"
+                f"{err:.2e} of the largest term; {zeroed} of {int(np.count_nonzero(fl))} non-zero terms round to 0"
             )
-        if isinstance(node, Dense):
-            return Dense(node.name, node.input, nominal, b, step_weight=sw)
-        return Conv2d(node.name, node.input, nominal, b, stride=node.stride, padding=node.padding, step_weight=sw)
+        return sw
 
-    def _identity_for(self, add: Add, op: str) -> Node:
-        """An explicit identity node with per-step weights d(t) for a spiking add operand."""
-        net = self.net
-        shape = net.shapes[op]
-        name = f"{add.name}__skip_{op}"
-        if len(shape) == 3:
-            w = np.zeros((shape[0], shape[0], 1, 1))
-            for i in range(shape[0]):
-                w[i, i] = 1.0
-            return Conv2d(name, op, w, np.zeros(shape[0]))
-        return Dense(name, op, np.eye(shape[0]), np.zeros(shape[0]))
+    def _bias(self, name: str) -> np.ndarray:
+        node = self.net.by_name[name]
+        return self._on_grid(node.bias, self.scales[self.steps.receiver[name]], node.label)
 
-    def _code(self, node: Node, code: FSCode, mv_per_unit: float, grids: tuple[int, int]) -> FSCode:
-        """The code in units: thresholds exact for an integer membrane (``v >= T`` iff
-        ``v >= ceil(T)``, ``v > T`` iff ``v >= floor(T) + 1``), resets on their receptor's grid
-        (a positive reset inhibits, a negative one excites)."""
-        per = mv_per_unit * 2.0**FRACTION_BITS
-        scaled = code.T * per
-        T = np.ceil(scaled) if code.rule == ">=" else np.floor(scaled) + 1
-        g_exc, g_inh = grids
+    def _code(self, node: Node, code: FSCode) -> FSCode:
+        """The code in units: thresholds exact for an integer membrane, resets on their
+        receptor's grid (a positive reset inhibits, a negative one excites)."""
+        if isinstance(node, Input):
+            per, g_exc, g_inh = INPUT_SCALE, 1, 1
+        else:
+            scale = self.scales[node.name]
+            per = scale.mv_per_unit * 2.0**FRACTION_BITS
+            g_exc, g_inh = scale.grid("excitatory"), scale.grid("inhibitory")
+        T = integer_threshold(code.T, per, code.rule)
         hs = code.h * per
         h = np.where(hs > 0, np.round(hs / g_inh) * g_inh, np.round(hs / g_exc) * g_exc)
         err = float(np.abs(h / per - code.h).max())
@@ -308,36 +201,14 @@ class _Profiler:
             )
         # d is carried by the per-step weights of every consumer; the table keeps the
         # code's d in the same units for reading only
-        d = np.round(code.d * per)
-        return FSCode(f"{code.name}@{node.name}", T, h, d, ">=", code.provenance)
+        return FSCode(f"{code.name}@{node.name}", T, h, np.round(code.d * per), ">=", code.provenance)
 
     def run(self) -> tuple[Network, list[str], ProfileInfo]:
-        self.check()
-        net = self.net
-        # a spiking operand of an add becomes an identity node with per-step weights
-        nodes: list[Node] = []
-        for node in net.order:
-            if isinstance(node, Add):
-                ops = []
-                for op in node.operands:
-                    if net.is_spiking(net.by_name[op]):
-                        ident = self._identity_for(node, op)
-                        nodes.append(ident)
-                        ops.append(ident.name)
-                    else:
-                        ops.append(op)
-                nodes.append(Add(node.name, operands=tuple(ops)))
-            else:
-                nodes.append(node)
-        self.net = net = Network(tuple(nodes), dict(net.codes), dict(net.metadata))
-        for node in net.order:
-            if isinstance(node, (Dense, Conv2d)):
-                self.float_steps[node.name] = self.float_step_weights(node)
-                self.receiver[node.name] = _receiver_of(net, node.name)
+        rounding = Rounding(self._step_weights, self._bias, self._code)
         for _ in range(4):
             self.choose_scales()
             notes_before = len(self.notes)
-            int_net = self._build()
+            int_net = integer_network(self.steps, rounding, "spinnaker_profile", {})
             measured = self._quantized_sums(int_net)
             changed = False
             for name, (exc, inh) in measured.items():
@@ -369,20 +240,9 @@ class _Profiler:
         weights, biases, resets and gates, as its cells will receive them."""
         from fs_hw.lower.unroll import gates
 
-        sums: dict[str, list[np.ndarray]] = {}
-        for name, rec in self.receiver.items():
-            node = int_net.by_name[name]
-            _, chain = self.sources[name]
-            pos, neg = self._row_sums(node, node.step_weight, _window_product(self.net, chain))
-            b = node.bias
-            pos = pos + np.where(b > 0, b, 0.0)
-            neg = neg + np.where(b < 0, -b, 0.0)
-            acc = sums.setdefault(rec, [np.zeros_like(pos), np.zeros_like(neg)])
-            acc[0] = acc[0] + pos
-            acc[1] = acc[1] + neg
+        sums = receiver_sums(self.steps, lambda n: int_net.by_name[n].step_weight, lambda n: int_net.by_name[n].bias)
         out = {}
-        for rec, (pos, neg) in sums.items():
-            exc, inh = float(pos.max(initial=0.0)), float(neg.max(initial=0.0))
+        for rec, (exc, inh) in sums.items():
             node = int_net.by_name[rec]
             if isinstance(node, FSActivation):
                 code = int_net.code_of(node)
@@ -391,37 +251,6 @@ class _Profiler:
                 exc += float(gates(code.T, self.scales[rec].grid("excitatory")).max(initial=0))
             out[rec] = (exc / 2.0**FRACTION_BITS, inh / 2.0**FRACTION_BITS)
         return out
-
-    def _build(self) -> Network:
-        net = self.net
-        new_nodes: list[Node] = []
-        codes: dict[str, FSCode] = {}
-        inp = net.input
-        in_code = net.code_of(inp)
-        for node in net.order:
-            if isinstance(node, Input):
-                c = self._code(node, in_code, INPUT_SCALE / 2.0**FRACTION_BITS, (1, 1))
-                codes[c.name] = c
-                new_nodes.append(Input(node.name, node.shape, c.name))
-            elif isinstance(node, FSActivation):
-                scale = self.scales[node.name]
-                c = self._code(node, net.code_of(node), scale.mv_per_unit,
-                               (scale.grid("excitatory"), scale.grid("inhibitory")))
-                codes[c.name] = c
-                new_nodes.append(FSActivation(node.name, node.input, c.name))
-            elif isinstance(node, (Dense, Conv2d)):
-                new_nodes.append(self._weighted(node))
-            elif isinstance(node, AvgPool2d):
-                shape = net.shapes[node.input]
-                (kh, kw), stride = node.window(shape)
-                C = shape[0]
-                w = np.zeros((C, C, kh, kw))
-                for c in range(C):
-                    w[c, c] = 1.0
-                new_nodes.append(Conv2d(node.name, node.input, w, np.zeros(C), stride=stride, padding=0))
-            else:
-                new_nodes.append(node)
-        return Network(tuple(new_nodes), codes, dict(net.metadata))
 
 
 def spinnaker_profile(network: Network) -> tuple[Network, NumericProfile, list[str], ProfileInfo]:
