@@ -381,8 +381,21 @@ def _run_and_write(args, backend, network, network_path, target_config, runner, 
         "info": result.info if not mapped_only else run_info,
         "seconds": {"quantize": round(t_quantize, 3), "lower": round(t_lower, 3), "run": round(t_run, 3)},
     }
+    # an analog target predicts its accuracy over simulated chips (mean and spread)
+    monte_carlo = getattr(backend, "monte_carlo", None)
+    if callable(monte_carlo) and labels is not None:
+        report["monte_carlo"] = monte_carlo(artifact, images, labels)
+        mc = report["monte_carlo"]
+        if mc.get("chips"):
+            notes.append(f"predicted accuracy over {mc['chips']} simulated analog chips: {100 * mc['mean']:.2f} % "
+                         f"+- {100 * mc['std']:.2f} (weights +-{100 * mc['weight_mismatch']:.0f} %, thresholds "
+                         f"+-{mc['threshold_mismatch_lsb']:g} LSB, noise {mc['noise_lsb']:g} LSB)")
     if out is not None:
         report["exported"] = [str(p) for p in backend.export(artifact, out)]
+        if report.get("monte_carlo", {}).get("chips"):
+            plot = _plot_monte_carlo(report["monte_carlo"], out / "accuracy_vs_mismatch.png")
+            if plot is not None:
+                report["exported"].append(str(plot))
         plot = _plot_layers(report, result, out / "spikes_per_layer.png")
         if plot is not None:
             report["exported"].append(str(plot))
@@ -442,6 +455,32 @@ def _plot_layers(report: dict, result, path: Path) -> Path | None:
     return path
 
 
+def _plot_monte_carlo(mc: dict, path: Path) -> Path | None:
+    """Accuracy (mean and spread over simulated chips) against the mismatch scale."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    sweep = mc["sweep"]
+    x = [s["scale"] for s in sweep]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar(x, [100 * s["mean"] for s in sweep], yerr=[100 * s["std"] for s in sweep], marker="o", capsize=3)
+    ax.fill_between(x, [100 * s["min"] for s in sweep], [100 * s["max"] for s in sweep], alpha=0.2)
+    ax.set_xlabel("mismatch (x the configured variation)")
+    ax.set_ylabel("accuracy %")
+    ax.set_title(f"{mc['chips']} simulated chips per point")
+    fig.tight_layout()
+    try:
+        with atomic_output(path) as fh:
+            fig.savefig(fh, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return path
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -462,6 +501,9 @@ def _print_summary(report: dict) -> None:
         ("spike mismatches", "not compared (no spikes returned)" if report["spike_mismatches"] is None
          else f"{report['spike_mismatches']} of {report['spikes_compared']} compared"),
         ("spikes per neuron", report["spikes_per_neuron"]),
+        *([("accuracy over simulated analog chips",
+            f"{100 * report['monte_carlo']['mean']:.2f} % +- {100 * report['monte_carlo']['std']:.2f} "
+            f"({report['monte_carlo']['chips']} chips)")] if report.get("monte_carlo", {}).get("chips") else []),
         ("time steps to a decision (latency)", report["time_steps"]),
     ]
     if "steps_per_sample" in report["info"]:

@@ -1,0 +1,141 @@
+"""The replayer: runs a BrainScaleS-2 export from its files alone, instance by instance.
+
+It reads ``manifest.json``, ``network.npz`` and ``events.npz`` (never the IR, never the
+reference) and executes the chip's digital semantics: in each sample's step window an
+event ``(hemisphere, label)`` reaches the two rows of synapse driver ``label`` bits 6-10
+and 14-15 and, on them, every synapse whose 6-bit label equals the event's bits 0-5; the
+synapse adds its weight (even row) or subtracts it (odd row) from its circuit's
+current, integrated within the step; the circuits of a logical neuron share one
+membrane, which starts at the neuron's rest level; the neuron fires iff the membrane
+reaches its threshold (``>=``), and is reset (hard reset, refractory until the window
+ends). The host sends, per instance, the input events listed in ``events.npz`` and, for
+every source that is a neuron of an earlier instance, one event per route of that source
+whenever it fired. Read-out neurons never fire; their membrane at the window's end is
+read.
+
+With a :class:`Variation`, weights and thresholds vary per simulated chip (fixed pattern)
+and the membrane gets trial-to-trial noise: the analog chip's spread, in float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from fs_hw_brainscales2.export import NEURON, Export, label_fields, read_export
+
+
+@dataclass(frozen=True)
+class Variation:
+    """Analog variation of one simulated chip (all zero: the exact digital semantics)."""
+
+    weight: float = 0.0  # relative std of each synapse's weight (fixed pattern)
+    threshold: float = 0.0  # std of each logical neuron's threshold, in weight steps (fixed pattern)
+    noise: float = 0.0  # std of membrane noise per decision, in weight steps (trial to trial)
+    seed: int = 0
+
+    @property
+    def exact(self) -> bool:
+        return self.weight == 0 and self.threshold == 0 and self.noise == 0
+
+
+@dataclass
+class ReplayResult:
+    """Per logical neuron (the export's neuron table order): ``fired`` (samples, neurons)
+    bool; read-out membranes ``readout`` (samples, read-out cells); the output events."""
+
+    fired: np.ndarray
+    membrane: np.ndarray
+    out_sample: np.ndarray
+    out_instance: np.ndarray
+    out_cycle: np.ndarray
+    out_label: np.ndarray
+
+
+def replay(source: Path | Export, variation: Variation | None = None) -> ReplayResult:
+    """Replay an export folder (or an :class:`Export` read from one)."""
+    ex = read_export(Path(source)) if not isinstance(source, Export) else source
+    t, m, ev = ex.tables, ex.manifest, ex.events
+    var = variation or Variation()
+    rng = np.random.default_rng(var.seed)
+    N = int(ev["samples"])
+    step = int(m["units"]["step_cycles"])
+    n_neurons = len(t["neuron_instance"])
+    n_sources = len(t["source_kind"])
+    # the neuron each source is (for routing recorded spikes): source id of neuron i
+    layer_cells = {i: ly["cells"] for i, ly in enumerate(m["layers"])}
+    base = np.cumsum([0] + [layer_cells[i] for i in range(len(m["layers"]))])
+    neuron_source = base[t["neuron_layer"]] + t["neuron_cell"]
+    source_neuron = -np.ones(n_sources, np.int64)
+    source_neuron[neuron_source] = np.arange(n_neurons)
+    # per synapse: the logical neuron of its column, its signed weight
+    w = t["synapse_weight"].astype(np.float64)
+    if var.weight:
+        w = w * (1.0 + var.weight * rng.standard_normal(len(w)))
+    sign = np.where(t["synapse_row"] % 2 == 0, 1.0, -1.0)
+    driver = t["synapse_row"].astype(np.int64) // 2
+    fired = np.zeros((N, n_neurons), bool)
+    membrane = np.zeros((N, n_neurons))
+    threshold = t["neuron_threshold"].astype(np.float64)
+    if var.threshold:
+        threshold = threshold + var.threshold * rng.standard_normal(n_neurons)
+    rest = t["neuron_rest"].astype(np.float64)
+    instances = np.unique(t["neuron_instance"])
+    # host events by instance
+    in_inst = ev["input_instance"]
+    for inst in instances:
+        neu = np.flatnonzero(t["neuron_instance"] == inst)
+        # column -> logical neuron (per hemisphere)
+        col_owner = -np.ones((2, 256), np.int64)
+        for i in neu:
+            h, c0, nc = int(t["neuron_hemisphere"][i]), int(t["neuron_first_column"][i]), int(t["neuron_circuits"][i])
+            col_owner[h, c0:c0 + nc] = i
+        syn = np.flatnonzero(t["synapse_instance"] == inst)
+        # channel = (hemisphere, driver, synapse label): 2 * 128 * 64
+        ch_syn = (t["synapse_hemisphere"][syn].astype(np.int64) * 128 + driver[syn]) * 64 + t["synapse_label"][syn]
+        owner = col_owner[t["synapse_hemisphere"][syn], t["synapse_column"][syn]]
+        local = np.searchsorted(neu, owner)
+        A = sp.csr_matrix((sign[syn] * w[syn], (ch_syn, local)), shape=(2 * 128 * 64, len(neu)))
+        # events: host ones from the file, recorded ones routed
+        sel = in_inst == inst
+        d, lab = label_fields(ev["input_label"][sel])
+        ch = (ev["input_hemisphere"][sel].astype(np.int64) * 128 + d) * 64 + lab
+        samples = ev["input_sample"][sel]
+        rsel = np.flatnonzero((t["route_instance"] == inst) & (t["source_kind"][t["route_source"]] == NEURON))
+        if len(rsel):
+            src_neuron = source_neuron[t["route_source"][rsel]]
+            rd, rl = label_fields(t["route_label"][rsel])
+            rch = (t["route_hemisphere"][rsel].astype(np.int64) * 128 + rd) * 64 + rl
+            s_idx, r_idx = np.nonzero(fired[:, src_neuron])
+            samples = np.concatenate([samples, s_idx])
+            ch = np.concatenate([ch, rch[r_idx]])
+        counts = sp.csr_matrix((np.ones(len(ch)), (samples, ch)), shape=(N, 2 * 128 * 64))
+        v = np.asarray((counts @ A).todense()) + rest[neu][None, :]
+        if var.noise:
+            v = v + var.noise * rng.standard_normal(v.shape)
+        membrane[:, neu] = v
+        readout = t["neuron_readout"][neu]
+        fired[:, neu] = (v >= threshold[neu][None, :]) & ~readout[None, :]
+    s_idx, n_idx = np.nonzero(fired)
+    out_inst = t["neuron_instance"][n_idx]
+    out_cycle = (s_idx * step + step - 1).astype(np.uint64)
+    out_label = t["neuron_label"][n_idx]
+    order = np.lexsort((out_label, out_cycle, out_inst))
+    return ReplayResult(fired, membrane, s_idx[order], out_inst[order], out_cycle[order], out_label[order])
+
+
+def compare_with_expected(source: Path | Export, result: ReplayResult) -> dict:
+    """The replay's output events against the export's expected ones (every event)."""
+    ex = read_export(Path(source)) if not isinstance(source, Export) else source
+    ev = ex.events
+    if "expected_label" not in ev:
+        return {"compared": False}
+    got = set(zip(result.out_instance.tolist(), result.out_cycle.tolist(), result.out_label.tolist()))
+    want = set(zip(ev["expected_instance"].tolist(), ev["expected_cycle"].tolist(), ev["expected_label"].tolist()))
+    ro = result.membrane[:, ex.tables["neuron_readout"]]
+    return {"compared": True, "events": len(want), "missing": len(want - got), "extra": len(got - want),
+            "readout_equal": bool(np.array_equal(np.rint(ro).astype(np.int64).reshape(ro.shape[0], -1),
+                                                 ev["expected_readout"].reshape(ro.shape[0], -1)))}
