@@ -29,7 +29,7 @@ from fs_hw.reference.simulator import concat_results, run_reference
 from fs_hw_brainscales2.config import BSS2_LIMITS, BrainScaleS2Config
 from fs_hw_brainscales2.export import Export, add_events, build_export, check_fits
 from fs_hw_brainscales2.profile import bss2_profile
-from fs_hw_brainscales2.replay import Variation, replay
+from fs_hw_brainscales2.replay import Variation, compare_with_expected, replay
 
 MAPPING_NOTE = (
     "mapping: time-unrolled FS neurons; every (layer, FS step) is an execution instance whose logical neurons "
@@ -122,8 +122,13 @@ class BrainScaleS2Backend:
             with tempfile.TemporaryDirectory(prefix="fs-hw-bss2-") as tmp:
                 export.write(Path(tmp))
                 result = replay(Path(tmp), variation)
-            parts.append(_run_result(export, result, artifact, chunk,
-                                     expected.spike_trains[artifact.network.input.name]))
+                check = compare_with_expected(Path(tmp), result)
+            part = _run_result(export, result, artifact, chunk, expected.spike_trains[artifact.network.input.name])
+            # the export's own expected events against its replay (every event of every instance)
+            part.info["export_events_expected"] = check.get("events", 0)
+            part.info["export_events_missing"] = check.get("missing", 0)
+            part.info["export_events_extra"] = check.get("extra", 0)
+            parts.append(part)
         return concat_results(parts)
 
     def monte_carlo(self, artifact: Artifact, images: np.ndarray, labels: np.ndarray,

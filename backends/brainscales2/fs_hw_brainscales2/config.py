@@ -40,7 +40,7 @@ class BrainScaleS2Config:
                                  "and one step)", range=(1, 10**7))
     batch_size: int = setting(200, "samples per replay batch", range=(1, 100_000))
     K: int | None = setting(None, "optional check of the network's steps per stage", range=(1, 64))
-    monte_carlo_chips: int = setting(8, "simulated analog chips for the predicted accuracy spread (0: off)",
+    monte_carlo_chips: int = setting(5, "simulated analog chips for the predicted accuracy spread (0: off)",
                                      range=(0, 1000))
     weight_mismatch: float = setting(0.10, "fixed-pattern synapse weight variation, relative standard deviation",
                                      range=(0.0, 2.0))

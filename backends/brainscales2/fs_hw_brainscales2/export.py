@@ -117,105 +117,76 @@ TABLE_FIELDS = (
 )
 
 
-@dataclass
-class _Neuron:
-    layer: int
-    cell: int
-    threshold: int
-    rest: int
-    readout: bool
-    inputs: list[tuple[int, int]]  # (source id, signed weight within [-63, 63]), one per synapse
-
-
-def _split(weight: int) -> list[int]:
-    """A weight as synapses of at most 63 (same sign)."""
-    sign = 1 if weight > 0 else -1
-    mag = abs(int(weight))
-    parts = [WEIGHT_MAX] * (mag // WEIGHT_MAX)
-    if mag % WEIGHT_MAX:
-        parts.append(mag % WEIGHT_MAX)
-    return [sign * p for p in parts]
+def split_weights(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every integer weight as synapses of at most 63 (same sign): ``(index of the weight
+    each synapse belongs to, the synapse's signed weight)``."""
+    w = np.asarray(weight, np.int64)
+    mag = np.abs(w)
+    parts = -(-mag // WEIGHT_MAX)  # ceil
+    owner = np.repeat(np.arange(len(w)), parts)
+    first = np.repeat(np.cumsum(parts) - parts, parts)
+    k = np.arange(len(owner)) - first  # part number within its weight
+    full = mag[owner] // WEIGHT_MAX
+    value = np.where(k < full, WEIGHT_MAX, mag[owner] - full * WEIGHT_MAX)
+    return owner, np.sign(w[owner]) * value
 
 
 def build_export(network: Network, unrolled: UnrolledNetwork | None = None, step_cycles: int = 1250) -> Export:
     """Instances, placement and routing of the integer ``network`` (no events yet:
     :func:`add_events` adds a batch's)."""
     u = unrolled if unrolled is not None else unroll(network)
-    layer_names = [n for n in u.layers]
+    layer_names = list(u.layers)
     layer_index = {n: i for i, n in enumerate(layer_names)}
     # sources: every cell of every layer (host inputs, the bias source, FS cells)
     src_base: dict[str, int] = {}
     kinds, s_layer, s_cell = [], [], []
     for name, layer in u.layers.items():
-        src_base[name] = len(kinds)
+        src_base[name] = sum(len(k) for k in kinds)
         kind = {"input": HOST_INPUT, "bias": BIAS}.get(layer.kind, NEURON)
-        kinds.extend([kind] * layer.cells)
-        s_layer.extend([layer_index[name]] * layer.cells)
-        s_cell.extend(range(layer.cells))
-    # the inputs of every receiver cell
-    inputs: dict[str, list[list[tuple[int, int]]]] = {
-        name: [[] for _ in range(layer.cells)] for name, layer in u.layers.items() if layer.kind in ("fs", "readout")}
+        kinds.append(np.full(layer.cells, kind, np.uint8))
+        s_layer.append(np.full(layer.cells, layer_index[name], np.int32))
+        s_cell.append(np.arange(layer.cells, dtype=np.int64))
+    n_sources = int(sum(len(k) for k in kinds))
+    # every synapse: (receiver layer, receiver cell, source id, weight <= 63)
+    post_layer, post_cell, source, weight = [], [], [], []
     for g in u.groups:
-        base = src_base[g.pre]
-        dst = inputs[g.post]
-        for pre, post, w in zip(g.pre_idx.tolist(), g.post_idx.tolist(), g.weight.tolist()):
-            for part in _split(w):
-                dst[post].append((base + pre, part))
+        owner, w = split_weights(g.weight)
+        post_layer.append(np.full(len(w), layer_index[g.post], np.int32))
+        post_cell.append(g.post_idx[owner])
+        source.append(src_base[g.pre] + g.pre_idx[owner])
+        weight.append(w)
+    cat = np.concatenate
+    post_layer, post_cell, source, weight = cat(post_layer), cat(post_cell), cat(source), cat(weight)
+    order = np.lexsort((weight, source, post_cell, post_layer))
+    post_layer, post_cell, source, weight = post_layer[order], post_cell[order], source[order], weight[order]
+    key = post_layer.astype(np.int64) * (1 << 40) + post_cell
     # instances: per receiver layer (stage order) and step, packed onto chips
-    order = sorted((ly for ly in u.layers.values() if ly.kind in ("fs", "readout")), key=lambda ly: ly.stage)
+    layers = sorted((ly for ly in u.layers.values() if ly.kind in ("fs", "readout")), key=lambda ly: ly.stage)
     instances: list[dict] = []
-    neurons: list[tuple[int, _Neuron, int, int, int]] = []  # (instance, neuron, hemisphere, column, circuits)
-    synapses: list[tuple[int, int, int, int, int, int]] = []  # instance, hemisphere, row, column, weight, label
-    routes: list[tuple[int, int, int, int]] = []  # instance, source, hemisphere, label
-    for layer in order:
+    out = _Tables()
+    for layer in layers:
+        li = layer_index[layer.name]
         cpn = layer.cells_per_neuron
         for t in range(cpn):
-            cells = [j * cpn + t for j in range(layer.neurons)]
-            chip = _Chip(len(instances))
-            for cell in cells:
-                ins = sorted(inputs[layer.name][cell])
-                rest = -int(layer.gate[t]) if layer.kind == "fs" else 0
-                neuron = _Neuron(layer_index[layer.name], cell,
-                                 int(layer.threshold[t]) if layer.kind == "fs" else 2**62, rest,
-                                 layer.kind == "readout", ins)
-                n_circ = max(1, math.ceil(len(ins) / DRIVERS_PER_HEMISPHERE))
-                check_usage(BSS2_LIMITS, {"circuits_per_neuron": n_circ}, layer.name,
-                            part=f"step {t}, cell {cell}",
-                            hint=f"its fan-in is {len(ins)} synapses (6-bit parts of every weight, bias, reset)")
-                placed = chip.place(neuron, n_circ)
-                if placed is None:
+            chip = _Chip(len(instances), n_sources)
+            for j in range(layer.neurons):
+                cell = j * cpn + t
+                k0, k1 = np.searchsorted(key, [li * (1 << 40) + cell, li * (1 << 40) + cell + 1])
+                src, w = source[k0:k1], weight[k0:k1]
+                n_circ = max(1, math.ceil(len(w) / DRIVERS_PER_HEMISPHERE))
+                check_usage(BSS2_LIMITS, {"circuits_per_neuron": n_circ}, layer.name, part=f"step {t}, cell {cell}",
+                            hint=f"its fan-in is {len(w)} synapses (6-bit parts of every weight, bias, reset)")
+                neuron = (li, cell, int(layer.threshold[t]) if layer.kind == "fs" else 2**62,
+                          -int(layer.gate[t]) if layer.kind == "fs" else 0, layer.kind == "readout")
+                if not chip.place(neuron, src, w, n_circ):
                     instances.append(chip.summary(layer.name, t))
-                    chip.emit(neurons, synapses, routes)
-                    chip = _Chip(len(instances))
-                    placed = chip.place(neuron, n_circ)
-                    if placed is None:  # pragma: no cover - an empty chip takes any neuron that passed the check
+                    chip.emit(out)
+                    chip = _Chip(len(instances), n_sources)
+                    if not chip.place(neuron, src, w, n_circ):  # pragma: no cover - checked above
                         raise FSHWError(f"layer {layer.name!r}: a neuron does not fit an empty chip")
             instances.append(chip.summary(layer.name, t))
-            chip.emit(neurons, synapses, routes)
-    n = np.array
-    tables = {
-        "source_kind": n(kinds, np.uint8), "source_layer": n(s_layer, np.int32), "source_cell": n(s_cell, np.int64),
-        "neuron_instance": n([x[0] for x in neurons], np.int32),
-        "neuron_layer": n([x[1].layer for x in neurons], np.int32),
-        "neuron_cell": n([x[1].cell for x in neurons], np.int64),
-        "neuron_threshold": n([x[1].threshold for x in neurons], np.int64),
-        "neuron_rest": n([x[1].rest for x in neurons], np.int64),
-        "neuron_readout": n([x[1].readout for x in neurons], np.bool_),
-        "neuron_hemisphere": n([x[2] for x in neurons], np.uint8),
-        "neuron_first_column": n([x[3] for x in neurons], np.uint16),
-        "neuron_circuits": n([x[4] for x in neurons], np.uint16),
-        "neuron_label": n([x[2] * CIRCUITS_PER_HEMISPHERE + x[3] for x in neurons], np.uint16),
-        "synapse_instance": n([x[0] for x in synapses], np.int32),
-        "synapse_hemisphere": n([x[1] for x in synapses], np.uint8),
-        "synapse_row": n([x[2] for x in synapses], np.uint16),
-        "synapse_column": n([x[3] for x in synapses], np.uint16),
-        "synapse_weight": n([x[4] for x in synapses], np.uint8),
-        "synapse_label": n([x[5] for x in synapses], np.uint8),
-        "route_instance": n([x[0] for x in routes], np.int32),
-        "route_source": n([x[1] for x in routes], np.int64),
-        "route_hemisphere": n([x[2] for x in routes], np.uint8),
-        "route_label": n([x[3] for x in routes], np.uint16),
-    }
+            chip.emit(out)
+    tables = {"source_kind": cat(kinds), "source_layer": cat(s_layer), "source_cell": cat(s_cell), **out.arrays()}
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -232,9 +203,9 @@ def build_export(network: Network, unrolled: UnrolledNetwork | None = None, step
         "bias_source": src_base[BIAS_SOURCE],
         "instances": instances,
         "chips": len(instances),
-        "circuits": int(sum(x[4] for x in neurons)),
-        "rows": int(len({(x[0], x[1], x[2]) for x in synapses})),
-        "synapses": len(synapses),
+        "circuits": int(tables["neuron_circuits"].sum()),
+        "rows": int(sum(i["drivers_used"] for i in instances) * 2),
+        "synapses": int(len(tables["synapse_weight"])),
         "realisation": REALISATION,
     }
     return Export(manifest, tables)
@@ -255,123 +226,150 @@ REALISATION = {
 }
 
 
+class _Tables:
+    """Columns of the neuron, synapse and route tables, appended chip by chip."""
+
+    def __init__(self):
+        self.cols: dict[str, list[np.ndarray]] = {}
+
+    def add(self, **columns: np.ndarray) -> None:
+        for k, v in columns.items():
+            self.cols.setdefault(k, []).append(np.asarray(v))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        dtypes = {
+            "neuron_instance": np.int32, "neuron_layer": np.int32, "neuron_cell": np.int64,
+            "neuron_threshold": np.int64, "neuron_rest": np.int64, "neuron_readout": np.bool_,
+            "neuron_hemisphere": np.uint8, "neuron_first_column": np.uint16, "neuron_circuits": np.uint16,
+            "neuron_label": np.uint16, "synapse_instance": np.int32, "synapse_hemisphere": np.uint8,
+            "synapse_row": np.uint16, "synapse_column": np.uint16, "synapse_weight": np.uint8,
+            "synapse_label": np.uint8, "route_instance": np.int32, "route_source": np.int64,
+            "route_hemisphere": np.uint8, "route_label": np.uint16,
+        }
+        return {k: (np.concatenate(self.cols[k]) if self.cols.get(k) else np.zeros(0)).astype(dt)
+                for k, dt in dtypes.items()}
+
+
 class _Chip:
-    """Greedy packing of one (layer, step) instance's logical neurons onto one chip."""
+    """Greedy packing of one (layer, step) instance's logical neurons onto one chip.
 
-    def __init__(self, instance: int):
+    Input slot ``k`` of a logical neuron uses synapse driver ``k % 128`` of its circuit
+    ``k // 128``; each (driver, source) pair of a hemisphere gets a 6-bit synapse label,
+    at most 64 per driver. A neuron that would exceed that, or the hemisphere's 256
+    columns, goes to the other hemisphere or the next chip.
+    """
+
+    def __init__(self, instance: int, n_sources: int):
         self.instance = instance
-        self.free = [0] * HEMISPHERES  # next free column per hemisphere
-        self.labels: list[list[dict[int, int]]] = [[{} for _ in range(DRIVERS_PER_HEMISPHERE)]
-                                                  for _ in range(HEMISPHERES)]
-        self.placed: list[tuple[_Neuron, int, int, int]] = []
+        self.n_sources = n_sources
+        self.free = [0] * HEMISPHERES
+        self.keys = [np.zeros(0, np.int64) for _ in range(HEMISPHERES)]  # sorted driver * n_sources + source
+        self.key_labels = [np.zeros(0, np.int64) for _ in range(HEMISPHERES)]
+        self.per_driver = [np.zeros(DRIVERS_PER_HEMISPHERE, np.int64) for _ in range(HEMISPHERES)]
+        self.neurons: list[tuple] = []
+        self.synapses: list[tuple] = []
 
-    def place(self, neuron: _Neuron, n_circ: int) -> tuple[int, int] | None:
+    def place(self, neuron: tuple, src: np.ndarray, w: np.ndarray, n_circ: int) -> bool:
+        k = np.arange(len(w))
+        driver = k % DRIVERS_PER_HEMISPHERE
+        keys = driver * self.n_sources + src
         for hemi in range(HEMISPHERES):
             col = self.free[hemi]
             if col + n_circ > CIRCUITS_PER_HEMISPHERE:
                 continue
-            # every input slot k uses driver k % 128 of circuit col + k // 128; its source
-            # needs a synapse label there (at most 64 sources per driver)
-            drivers = self.labels[hemi]
-            new: dict[int, set[int]] = {}
-            ok = True
-            for k, (src, _) in enumerate(neuron.inputs):
-                d = k % DRIVERS_PER_HEMISPHERE
-                if src in drivers[d] or src in new.get(d, ()):
-                    continue
-                new.setdefault(d, set()).add(src)
-                if len(drivers[d]) + len(new[d]) > LABELS_PER_DRIVER:
-                    ok = False
-                    break
-            if not ok:
+            known = self.keys[hemi]
+            pos = np.searchsorted(known, keys)
+            hit = (pos < len(known)) & (known[np.minimum(pos, len(known) - 1)] == keys) if len(known) else \
+                np.zeros(len(keys), bool)
+            new = np.unique(keys[~hit])
+            new_driver = new // self.n_sources
+            counts = self.per_driver[hemi] + np.bincount(new_driver, minlength=DRIVERS_PER_HEMISPHERE)
+            if counts.max(initial=0) > LABELS_PER_DRIVER:
                 continue
-            for d, srcs in new.items():
-                for src in sorted(srcs):
-                    drivers[d][src] = len(drivers[d])
+            # labels for the new pairs: the next free ones of their driver
+            rank = np.arange(len(new)) - np.searchsorted(new_driver, new_driver)
+            new_labels = self.per_driver[hemi][new_driver] + rank
+            self.per_driver[hemi] = counts
+            merged = np.concatenate([known, new])
+            labels = np.concatenate([self.key_labels[hemi], new_labels])
+            order = np.argsort(merged, kind="stable")
+            self.keys[hemi], self.key_labels[hemi] = merged[order], labels[order]
+            syn_label = self.key_labels[hemi][np.searchsorted(self.keys[hemi], keys)]
             self.free[hemi] = col + n_circ
-            self.placed.append((neuron, hemi, col, n_circ))
-            return hemi, col
-        return None
+            self.neurons.append((*neuron, hemi, col, n_circ))
+            self.synapses.append((hemi, 2 * driver + (w < 0), col + k // DRIVERS_PER_HEMISPHERE, np.abs(w),
+                                  syn_label))
+            return True
+        return False
 
     def summary(self, layer: str, step: int) -> dict:
-        return {"layer": layer, "step": step, "neurons": len(self.placed),
-                "circuits": sum(self.free), "drivers_used": sum(1 for h in self.labels for d in h if d)}
+        return {"layer": layer, "step": step, "neurons": len(self.neurons), "circuits": int(sum(self.free)),
+                "drivers_used": int(sum(int(np.count_nonzero(d)) for d in self.per_driver))}
 
-    def emit(self, neurons, synapses, routes) -> None:
-        for neuron, hemi, col, n_circ in self.placed:
-            neurons.append((self.instance, neuron, hemi, col, n_circ))
-            for k, (src, w) in enumerate(neuron.inputs):
-                d = k % DRIVERS_PER_HEMISPHERE
-                row = 2 * d + (0 if w > 0 else 1)
-                synapses.append((self.instance, hemi, row, col + k // DRIVERS_PER_HEMISPHERE, abs(w),
-                                 self.labels[hemi][d][src]))
+    def emit(self, out: _Tables) -> None:
+        if self.neurons:
+            nz = list(zip(*self.neurons))
+            hemi, col = np.array(nz[5]), np.array(nz[6])
+            out.add(neuron_instance=np.full(len(self.neurons), self.instance), neuron_layer=nz[0],
+                    neuron_cell=nz[1], neuron_threshold=nz[2], neuron_rest=nz[3], neuron_readout=nz[4],
+                    neuron_hemisphere=hemi, neuron_first_column=col, neuron_circuits=nz[7],
+                    neuron_label=hemi * CIRCUITS_PER_HEMISPHERE + col)
+        for hemi_, row, column, weight, label in self.synapses:
+            out.add(synapse_instance=np.full(len(row), self.instance), synapse_hemisphere=np.full(len(row), hemi_),
+                    synapse_row=row, synapse_column=column, synapse_weight=weight, synapse_label=label)
         for hemi in range(HEMISPHERES):
-            for d, srcs in enumerate(self.labels[hemi]):
-                for src, lab in srcs.items():
-                    routes.append((self.instance, src, hemi, int(event_label(d, lab))))
+            keys = self.keys[hemi]
+            if len(keys):
+                driver, src = np.divmod(keys, self.n_sources)
+                out.add(route_instance=np.full(len(keys), self.instance), route_source=src,
+                        route_hemisphere=np.full(len(keys), hemi),
+                        route_label=event_label(driver, self.key_labels[hemi]))
 
 
 def add_events(export: Export, input_spikes: np.ndarray, expected: dict | None = None) -> None:
-    """Per sample, the host's events (input code spikes and the bias source, as (cycle,
-    hemisphere, label) per instance) and, when ``expected`` (the reference's spike trains
-    per layer and read-outs) is given, the expected output events and read-out values."""
+    """Per sample, the host's spikes (the input code's cells and the bias source) as
+    ``(sample, cycle, source)``; the chip events they become are each spike times the
+    source's routes (one ``(instance, hemisphere, label)`` per route, at the same cycle
+    within the instance's run). With ``expected`` (the reference's spike trains per layer
+    and ``"__readout__"``): the expected output events and read-out values."""
     t = export.tables
     m = export.manifest
     K = m["K"]
     step = m["units"]["step_cycles"]
     N = len(input_spikes)
     z = np.asarray(input_spikes).reshape(N, K, -1)
-    inp_layer = m["input_layer"]
-    kinds = t["source_kind"]
-    src_ids = np.flatnonzero(t["source_layer"] == inp_layer)
-    host_sources = np.flatnonzero(kinds != NEURON)
-    # spikes of host sources per sample: input cells (j*K + s) and the bias source
-    spiking = []
-    for n in range(N):
-        cells = np.flatnonzero(z[n].T.reshape(-1))  # cell index j*K + s
-        spiking.append(np.concatenate([src_ids[cells], [m["bias_source"]]]))
-    is_host_route = np.isin(t["route_source"], host_sources)
-    r_inst, r_src = t["route_instance"][is_host_route], t["route_source"][is_host_route]
-    r_hemi, r_lab = t["route_hemisphere"][is_host_route], t["route_label"][is_host_route]
-    order = np.argsort(r_src, kind="stable")
-    r_inst, r_src, r_hemi, r_lab = r_inst[order], r_src[order], r_hemi[order], r_lab[order]
-    ev_sample, ev_inst, ev_cycle, ev_hemi, ev_label = [], [], [], [], []
-    for n, srcs in enumerate(spiking):
-        lo = np.searchsorted(r_src, srcs, side="left")
-        hi = np.searchsorted(r_src, srcs, side="right")
-        idx = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if len(srcs) else np.zeros(0, np.int64)
-        ev_sample.append(np.full(len(idx), n, np.int64))
-        ev_inst.append(r_inst[idx])
-        ev_cycle.append(np.full(len(idx), n * step, np.uint64))
-        ev_hemi.append(r_hemi[idx])
-        ev_label.append(r_lab[idx])
-    cat = np.concatenate
-    order = np.lexsort((cat(ev_label), cat(ev_hemi), cat(ev_cycle), cat(ev_inst))) if N else np.zeros(0, np.int64)
+    src_ids = np.flatnonzero(t["source_layer"] == m["input_layer"])
+    smp, s, j = np.nonzero(z)
+    sample = np.concatenate([smp, np.arange(N)])
+    source = np.concatenate([src_ids[j * K + s], np.full(N, m["bias_source"])])
+    order = np.lexsort((source, sample))
     export.events = {
         "samples": np.array(N, np.int64),
-        "input_sample": cat(ev_sample)[order], "input_instance": cat(ev_inst)[order].astype(np.int32),
-        "input_cycle": cat(ev_cycle)[order].astype(np.uint64), "input_hemisphere": cat(ev_hemi)[order],
-        "input_label": cat(ev_label)[order].astype(np.uint16),
+        "host_sample": sample[order].astype(np.int64),
+        "host_cycle": (sample[order] * step).astype(np.uint64),
+        "host_source": source[order].astype(np.int64),
     }
     if expected is not None:
-        out_sample, out_inst, out_cycle, out_label = [], [], [], []
-        nl, nc = t["neuron_layer"], t["neuron_cell"]
+        # a neuron's expected spikes: its layer's reference spike train at (step, neuron)
         names = [ly["name"] for ly in m["layers"]]
-        for i in np.flatnonzero(~t["neuron_readout"]):
-            name = names[nl[i]]
-            cpn = m["K"]
-            j, s = divmod(int(nc[i]), cpn)
-            fired = np.flatnonzero(np.asarray(expected[name]).reshape(N, K, -1)[:, s, j])
-            out_sample.append(fired)
-            out_inst.append(np.full(len(fired), t["neuron_instance"][i], np.int32))
-            out_cycle.append((fired * step + step - 1).astype(np.uint64))
-            out_label.append(np.full(len(fired), t["neuron_label"][i], np.uint16))
-        order = np.lexsort((cat(out_label), cat(out_cycle), cat(out_inst))) if out_sample else np.zeros(0, np.int64)
+        fs = np.flatnonzero(~t["neuron_readout"])
+        out_sample, out_neuron = [], []
+        for li in np.unique(t["neuron_layer"][fs]):
+            sel = fs[t["neuron_layer"][fs] == li]
+            j, s = np.divmod(t["neuron_cell"][sel], K)
+            z_l = np.asarray(expected[names[li]]).reshape(N, K, -1)[:, s, j]  # (N, neurons)
+            smp, idx = np.nonzero(z_l)
+            out_sample.append(smp)
+            out_neuron.append(sel[idx])
+        smp = np.concatenate(out_sample) if out_sample else np.zeros(0, np.int64)
+        neu = np.concatenate(out_neuron) if out_neuron else np.zeros(0, np.int64)
+        inst = t["neuron_instance"][neu]
+        cycle = (smp * step + step - 1).astype(np.uint64)
+        label = t["neuron_label"][neu]
+        order = np.lexsort((label, cycle, inst))
         export.events.update({
-            "expected_sample": cat(out_sample)[order].astype(np.int64) if out_sample else np.zeros(0, np.int64),
-            "expected_instance": cat(out_inst)[order] if out_sample else np.zeros(0, np.int32),
-            "expected_cycle": cat(out_cycle)[order] if out_sample else np.zeros(0, np.uint64),
-            "expected_label": cat(out_label)[order] if out_sample else np.zeros(0, np.uint16),
+            "expected_sample": smp[order].astype(np.int64), "expected_instance": inst[order].astype(np.int32),
+            "expected_cycle": cycle[order], "expected_label": label[order].astype(np.uint16),
             "expected_readout": np.asarray(expected["__readout__"], np.int64),
         })
 

@@ -8,10 +8,10 @@ synapse adds its weight (even row) or subtracts it (odd row) from its circuit's
 current, integrated within the step; the circuits of a logical neuron share one
 membrane, which starts at the neuron's rest level; the neuron fires iff the membrane
 reaches its threshold (``>=``), and is reset (hard reset, refractory until the window
-ends). The host sends, per instance, the input events listed in ``events.npz`` and, for
-every source that is a neuron of an earlier instance, one event per route of that source
-whenever it fired. Read-out neurons never fire; their membrane at the window's end is
-read.
+ends). The host sends to each instance, for every source that spiked in a sample (its
+own input spikes and bias source, listed in ``events.npz``, and the neurons of earlier
+instances, as they fired), one event per route of that source in that instance.
+Read-out neurons never fire; their membrane at the window's end is read.
 
 With a :class:`Variation`, weights and thresholds vary per simulated chip (fixed pattern)
 and the membrane gets trial-to-trial noise: the analog chip's spread, in float.
@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from fs_hw_brainscales2.export import NEURON, Export, label_fields, read_export
+from fs_hw.errors import ValidationError
+from fs_hw_brainscales2.export import Export, label_fields, read_export
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,18 @@ def replay(source: Path | Export, variation: Variation | None = None) -> ReplayR
     step = int(m["units"]["step_cycles"])
     n_neurons = len(t["neuron_instance"])
     n_sources = len(t["source_kind"])
-    # the neuron each source is (for routing recorded spikes): source id of neuron i
-    layer_cells = {i: ly["cells"] for i, ly in enumerate(m["layers"])}
-    base = np.cumsum([0] + [layer_cells[i] for i in range(len(m["layers"]))])
+    for name in ("neuron_instance", "synapse_instance", "route_instance"):
+        if np.any(np.diff(t[name]) < 0):
+            raise ValidationError("network.npz", name, "rows are not ordered by instance")
+    bad = (t["route_source"] < 0) | (t["route_source"] >= n_sources)
+    if bad.any() or np.any((ev["host_source"] < 0) | (ev["host_source"] >= n_sources)):
+        raise ValidationError("network.npz/events.npz", "source", f"an id outside 0..{n_sources - 1}")
+    # the source id of every logical neuron (its layer's cells follow the earlier layers')
+    base = np.cumsum([0] + [ly["cells"] for ly in m["layers"]])
     neuron_source = base[t["neuron_layer"]] + t["neuron_cell"]
-    source_neuron = -np.ones(n_sources, np.int64)
-    source_neuron[neuron_source] = np.arange(n_neurons)
-    # per synapse: the logical neuron of its column, its signed weight
+    # which sources spiked in which sample: the host's from the file, neurons' as they fire
+    spiked = np.zeros((N, n_sources), np.float32)
+    spiked[ev["host_sample"], ev["host_source"]] = 1.0
     w = t["synapse_weight"].astype(np.float64)
     if var.weight:
         w = w * (1.0 + var.weight * rng.standard_normal(len(w)))
@@ -83,42 +89,39 @@ def replay(source: Path | Export, variation: Variation | None = None) -> ReplayR
     if var.threshold:
         threshold = threshold + var.threshold * rng.standard_normal(n_neurons)
     rest = t["neuron_rest"].astype(np.float64)
-    instances = np.unique(t["neuron_instance"])
-    # host events by instance
-    in_inst = ev["input_instance"]
-    for inst in instances:
-        neu = np.flatnonzero(t["neuron_instance"] == inst)
-        # column -> logical neuron (per hemisphere)
+    channels = 2 * 128 * 64  # (hemisphere, driver, synapse label)
+
+    def rows(column: np.ndarray, inst: int) -> slice:
+        lo, hi = np.searchsorted(column, [inst, inst + 1])
+        return slice(int(lo), int(hi))
+
+    for inst in np.unique(t["neuron_instance"]):
+        neu = np.arange(n_neurons)[rows(t["neuron_instance"], inst)]
         col_owner = -np.ones((2, 256), np.int64)
         for i in neu:
             h, c0, nc = int(t["neuron_hemisphere"][i]), int(t["neuron_first_column"][i]), int(t["neuron_circuits"][i])
-            col_owner[h, c0:c0 + nc] = i
-        syn = np.flatnonzero(t["synapse_instance"] == inst)
-        # channel = (hemisphere, driver, synapse label): 2 * 128 * 64
-        ch_syn = (t["synapse_hemisphere"][syn].astype(np.int64) * 128 + driver[syn]) * 64 + t["synapse_label"][syn]
-        owner = col_owner[t["synapse_hemisphere"][syn], t["synapse_column"][syn]]
-        local = np.searchsorted(neu, owner)
-        A = sp.csr_matrix((sign[syn] * w[syn], (ch_syn, local)), shape=(2 * 128 * 64, len(neu)))
-        # events: host ones from the file, recorded ones routed
-        sel = in_inst == inst
-        d, lab = label_fields(ev["input_label"][sel])
-        ch = (ev["input_hemisphere"][sel].astype(np.int64) * 128 + d) * 64 + lab
-        samples = ev["input_sample"][sel]
-        rsel = np.flatnonzero((t["route_instance"] == inst) & (t["source_kind"][t["route_source"]] == NEURON))
-        if len(rsel):
-            src_neuron = source_neuron[t["route_source"][rsel]]
-            rd, rl = label_fields(t["route_label"][rsel])
-            rch = (t["route_hemisphere"][rsel].astype(np.int64) * 128 + rd) * 64 + rl
-            s_idx, r_idx = np.nonzero(fired[:, src_neuron])
-            samples = np.concatenate([samples, s_idx])
-            ch = np.concatenate([ch, rch[r_idx]])
-        counts = sp.csr_matrix((np.ones(len(ch)), (samples, ch)), shape=(N, 2 * 128 * 64))
-        v = np.asarray((counts @ A).todense()) + rest[neu][None, :]
+            col_owner[h, c0:c0 + nc] = i - neu[0]
+        syn = rows(t["synapse_instance"], inst)
+        hemi = t["synapse_hemisphere"][syn].astype(np.int64)
+        ch_syn = (hemi * 128 + driver[syn]) * 64 + t["synapse_label"][syn]
+        owner = col_owner[hemi, t["synapse_column"][syn]]
+        if np.any(owner < 0):
+            raise ValidationError("network.npz", "synapse_column", f"instance {inst}: a synapse on an unused column")
+        A = sp.csr_matrix((sign[syn] * w[syn], (ch_syn, owner)), shape=(channels, len(neu)))
+        # the host's routing: one event per route of every source that spiked
+        r = rows(t["route_instance"], inst)
+        rd, rl = label_fields(t["route_label"][r])
+        rch = (t["route_hemisphere"][r].astype(np.int64) * 128 + rd) * 64 + rl
+        R = sp.csr_matrix((np.ones(len(rch), np.float32), (t["route_source"][r], rch)), shape=(n_sources, channels))
+        counts = (R.T @ spiked.T).T  # (N, channels): events per channel and sample
+        v = np.asarray((A.T @ counts.T).T) + rest[neu][None, :]
         if var.noise:
             v = v + var.noise * rng.standard_normal(v.shape)
         membrane[:, neu] = v
         readout = t["neuron_readout"][neu]
-        fired[:, neu] = (v >= threshold[neu][None, :]) & ~readout[None, :]
+        out = (v >= threshold[neu][None, :]) & ~readout[None, :]
+        fired[:, neu] = out
+        spiked[:, neuron_source[neu]] = out
     s_idx, n_idx = np.nonzero(fired)
     out_inst = t["neuron_instance"][n_idx]
     out_cycle = (s_idx * step + step - 1).astype(np.uint64)
