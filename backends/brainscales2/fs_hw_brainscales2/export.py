@@ -25,11 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fs_hw.errors import FSHWError, ResourceError, ValidationError
+from fs_hw.errors import FormatError, FSHWError, ResourceError, ValidationError
 from fs_hw.ir import Network
 from fs_hw.lower.limits import check_usage
 from fs_hw.lower.unroll import BIAS_SOURCE, UnrolledNetwork, unroll
 from fs_hw.outputs import atomic_write_json
+from fs_hw.safe_archive import SafeArchive
 from fs_hw_brainscales2.config import (
     BSS2_LIMITS,
     CIRCUITS_PER_HEMISPHERE,
@@ -42,6 +43,8 @@ from fs_hw_brainscales2.config import (
 )
 
 FORMAT = "fs-hw-bss2-export"
+#: the most inflated bytes one npz of an export may hold (a lenet export holds ~0.6 GB)
+MAX_EXPORT_BYTES = 8 * 2**30
 VERSION = 1
 #: source kinds
 HOST_INPUT, BIAS, NEURON = 0, 1, 2
@@ -97,10 +100,12 @@ def read_export(folder: Path) -> Export:
                               f"is {manifest.get('version')!r}; this replayer reads version {VERSION}")
     arrays = {}
     for name in ("network.npz", "events.npz"):
+        # fs-hw's bounded zip reader: no pickle, sizes checked before anything is allocated
         try:
-            with np.load(folder / name, allow_pickle=False) as z:
-                arrays[name] = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError) as exc:
+            with SafeArchive(folder / name, MAX_EXPORT_BYTES, "BrainScaleS-2 export") as archive:
+                arrays[name] = {n[:-4]: archive.read_npy(n, kinds="biuf", where=f"{folder / name}: {n[:-4]}")
+                                for n in archive.names if n.endswith(".npy")}
+        except (FormatError, OSError) as exc:
             raise ValidationError(str(folder / name), "arrays", f"unreadable ({exc})") from None
     missing = [k for k in TABLE_FIELDS if k not in arrays["network.npz"]]
     if missing:
