@@ -91,17 +91,23 @@ def replay(source: Path | Export, variation: Variation | None = None) -> ReplayR
     rest = t["neuron_rest"].astype(np.float64)
     channels = 2 * 128 * 64  # (hemisphere, driver, synapse label)
 
-    def rows(column: np.ndarray, inst: int) -> slice:
-        lo, hi = np.searchsorted(column, [inst, inst + 1])
-        return slice(int(lo), int(hi))
+    # row ranges of every instance in every table, found once (a search per instance would
+    # cast a whole int32 column to int64 each time)
+    n_inst = int(t["neuron_instance"].max(initial=-1)) + 1
+    bounds = {name: np.searchsorted(t[name], np.arange(n_inst + 1).astype(t[name].dtype))
+              for name in ("neuron_instance", "synapse_instance", "route_instance")}
+
+    def rows(column: str, inst: int) -> slice:
+        b = bounds[column]
+        return slice(int(b[inst]), int(b[inst + 1]))
 
     for inst in np.unique(t["neuron_instance"]):
-        neu = np.arange(n_neurons)[rows(t["neuron_instance"], inst)]
+        neu = np.arange(n_neurons)[rows("neuron_instance", inst)]
         col_owner = -np.ones((2, 256), np.int64)
         for i in neu:
             h, c0, nc = int(t["neuron_hemisphere"][i]), int(t["neuron_first_column"][i]), int(t["neuron_circuits"][i])
             col_owner[h, c0:c0 + nc] = i - neu[0]
-        syn = rows(t["synapse_instance"], inst)
+        syn = rows("synapse_instance", inst)
         hemi = t["synapse_hemisphere"][syn].astype(np.int64)
         ch_syn = (hemi * 128 + driver[syn]) * 64 + t["synapse_label"][syn]
         owner = col_owner[hemi, t["synapse_column"][syn]]
@@ -109,7 +115,7 @@ def replay(source: Path | Export, variation: Variation | None = None) -> ReplayR
             raise ValidationError("network.npz", "synapse_column", f"instance {inst}: a synapse on an unused column")
         A = sp.csr_matrix((sign[syn] * w[syn], (ch_syn, owner)), shape=(channels, len(neu)))
         # the host's routing: one event per route of every source that spiked
-        r = rows(t["route_instance"], inst)
+        r = rows("route_instance", inst)
         rd, rl = label_fields(t["route_label"][r])
         rch = (t["route_hemisphere"][r].astype(np.int64) * 128 + rd) * 64 + rl
         R = sp.csr_matrix((np.ones(len(rch), np.float32), (t["route_source"][r], rch)), shape=(n_sources, channels))
