@@ -510,6 +510,9 @@ def _print_summary(report: dict) -> None:
         rows.append(("time steps per sample (pipelined)", report["info"]["steps_per_sample"]))
     if "runner" in report["info"]:
         rows.append(("ran on", report["info"]["runner"]))
+    if "chip_events" in report["info"]:  # an event-driven export: what the host sent and got back
+        rows.append(("chip events sent / output events", f"{report['info']['chip_events']} / "
+                     f"{report['info'].get('output_events', '-')}"))
     for key, value in report["resources"].items():
         if key != "layers":
             rows.append((f"resource: {key}", value))

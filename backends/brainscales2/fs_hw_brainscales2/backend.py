@@ -29,7 +29,7 @@ from fs_hw.reference.simulator import concat_results, run_reference
 from fs_hw_brainscales2.config import BSS2_LIMITS, BrainScaleS2Config
 from fs_hw_brainscales2.export import Export, add_events, build_export, check_fits
 from fs_hw_brainscales2.profile import bss2_profile
-from fs_hw_brainscales2.replay import Variation, compare_with_expected, replay
+from fs_hw_brainscales2.replay import Replayer, Variation, compare_with_expected, replay
 
 MAPPING_NOTE = (
     "mapping: time-unrolled FS neurons; every (layer, FS step) is an execution instance whose logical neurons "
@@ -128,6 +128,8 @@ class BrainScaleS2Backend:
             part.info["export_events_expected"] = check.get("events", 0)
             part.info["export_events_missing"] = check.get("missing", 0)
             part.info["export_events_extra"] = check.get("extra", 0)
+            part.info["chip_events"] = result.events
+            part.info["output_events"] = len(result.out_label)
             parts.append(part)
         return concat_results(parts)
 
@@ -144,7 +146,8 @@ class BrainScaleS2Backend:
             export.write(Path(tmp))
             from fs_hw_brainscales2.export import read_export
 
-            ex = read_export(Path(tmp))
+            replayer = Replayer(read_export(Path(tmp)))
+        ex = replayer.export
         out = {"chips": chips, "weight_mismatch": cfg.weight_mismatch, "threshold_mismatch_lsb": cfg.threshold_mismatch,
                "noise_lsb": cfg.noise, "sweep": []}
         for scale in scales:
@@ -152,7 +155,7 @@ class BrainScaleS2Backend:
             for c in range(chips if scale > 0 else 1):
                 var = Variation(cfg.weight_mismatch * scale, cfg.threshold_mismatch * scale, cfg.noise * scale,
                                 seed=cfg.seed + 1000 * c + 1)
-                r = _run_result(ex, replay(ex, var), artifact, images)
+                r = _run_result(ex, replayer.run(var), artifact, images)
                 accs.append(float(np.mean(r.predictions == labels)))
             out["sweep"].append({"scale": scale, "mean": float(np.mean(accs)), "std": float(np.std(accs)),
                                  "min": float(np.min(accs)), "max": float(np.max(accs))})
