@@ -320,6 +320,15 @@ def parse_target_config(backend: Backend, mapping: Mapping[str, Any] | Any | Non
     return parse_config(backend.config_type, mapping, f"{backend.name} config")
 
 
+def check_config_K(target: str, config: Any, network: Network) -> None:
+    """A target config's optional ``K`` must match the network's codes (one message for all targets)."""
+    from fs_hw.errors import ValidationError
+
+    K = getattr(config, "K", None)
+    if K is not None and network.K != K:
+        raise ValidationError(f"{target} config", "K", f"is {K} but the network's codes have K={network.K}")
+
+
 def as_quantized(backend: Backend, network_or_quantized: Quantized | Network, config: Any) -> Quantized:
     """``lower`` accepts a network too: quantize it first."""
     if isinstance(network_or_quantized, Quantized):

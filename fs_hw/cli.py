@@ -446,6 +446,11 @@ def _plot_layers(report: dict, result, path: Path) -> Path | None:
         ax2.set_xlabel("step t within a stage")
         ax2.set_ylabel("spikes per sample")
         ax2.set_title("when neurons fire (all layers)")
+    return _save_figure(plt, fig, path)
+
+
+def _save_figure(plt, fig, path: Path) -> Path:
+    """Write a figure atomically (a temporary file renamed into place) and close it."""
     fig.tight_layout()
     try:
         with atomic_output(path) as fh:
@@ -472,13 +477,7 @@ def _plot_monte_carlo(mc: dict, path: Path) -> Path | None:
     ax.set_xlabel("mismatch (x the configured variation)")
     ax.set_ylabel("accuracy %")
     ax.set_title(f"{mc['chips']} simulated chips per point")
-    fig.tight_layout()
-    try:
-        with atomic_output(path) as fh:
-            fig.savefig(fh, format="png", dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return _save_figure(plt, fig, path)
 
 
 def _fmt(value: Any) -> str:

@@ -18,10 +18,10 @@ from fs_hw.backend import (
     Runner,
     RunResult,
     as_quantized,
+    check_config_K,
     choose_runner,
     parse_target_config,
 )
-from fs_hw.errors import ValidationError
 from fs_hw.ir import NODE_TYPES, Network
 from fs_hw.ir.io import save_network
 from fs_hw.lower.unroll import check_alignment, unroll
@@ -62,8 +62,7 @@ class BrainScaleS2Backend:
 
     def quantize(self, network: Network, config: Any = None) -> Quantized:
         cfg = parse_target_config(self, config)
-        if cfg.K is not None and network.K != cfg.K:
-            raise ValidationError("brainscales2 config", "K", f"is {cfg.K} but the network's codes have K={network.K}")
+        check_config_K(self.name, cfg, network)
         int_net, profile, notes, info = bss2_profile(network)
         return Quantized(self.name, int_net, profile, notes, info)
 

@@ -15,10 +15,10 @@ from fs_hw.backend import (
     Runner,
     RunResult,
     as_quantized,
+    check_config_K,
     choose_runner,
     parse_target_config,
 )
-from fs_hw.errors import ValidationError
 from fs_hw.ir import NODE_TYPES, Network
 from fs_hw.ir.io import save_network
 from fs_hw.outputs import atomic_write_json
@@ -87,10 +87,7 @@ class LoihiBackend:
         """The Loihi profile. ``calibration`` inputs (default: ``range_samples`` training
         images of the data set named in the network's metadata) set the membrane ranges."""
         cfg = parse_target_config(self, config)
-        if cfg.K is not None and network.K != cfg.K:
-            raise ValidationError(
-                "loihi config", "K", f"is {cfg.K} but the network's codes have K={network.K}"
-            )
+        check_config_K(self.name, cfg, network)
         LOIHI_LIMITS.check({"K": network.K}, "network", hint="choose codes with fewer steps")
         extra: list[str] = []
         if calibration is None and cfg.range_samples > 0:

@@ -19,6 +19,7 @@ from fs_hw.backend import (
     Runner,
     RunResult,
     as_quantized,
+    check_config_K,
     choose_runner,
     parse_target_config,
 )
@@ -100,8 +101,7 @@ class SpiNNakerBackend:
 
     def quantize(self, network: Network, config: Any = None) -> Quantized:
         cfg = parse_target_config(self, config)
-        if cfg.K is not None and network.K != cfg.K:
-            raise ValidationError("spinnaker config", "K", f"is {cfg.K} but the network's codes have K={network.K}")
+        check_config_K(self.name, cfg, network)
         int_net, profile, notes, info = spinnaker_profile(network)
         return Quantized(self.name, int_net, profile, notes, info)
 
