@@ -224,10 +224,12 @@ def _resources(network: Network, unrolled: UnrolledNetwork, cfg: SpiNNakerConfig
     per_pop = cores_per_population(neurons, npc)
     for name, layer in layers.items():
         layer.parts = per_pop.get(name, 1)
+    biggest = max(per_pop, key=per_pop.get)
     check_usage(limits, {"cores": total_cores}, "network",
-                hint=f"{cfg.machine().describe()}; give width/height in the [target] table for a larger machine "
-                     f"(the count includes {len(sources)} spike-source core(s) and delay extensions for "
-                     f"{delayed or 'no source'})")
+                hint=f"{cfg.machine().describe()}; the largest, layer {biggest!r}, needs {per_pop[biggest]} cores for "
+                     f"{neurons[biggest]} cells at {min(npc, 256)} per core; give width/height in the [target] table "
+                     f"for a larger machine (the count includes {len(sources)} spike-source core(s) and delay "
+                     f"extensions for {delayed or 'no source'})")
     sums = column_sums(unrolled)
     for name, s in sums.items():
         bound = info.layers[name].max_summed
