@@ -63,7 +63,7 @@ class BrainScaleS2Backend:
     def quantize(self, network: Network, config: Any = None) -> Quantized:
         cfg = parse_target_config(self, config)
         check_config_K(self.name, cfg, network)
-        int_net, profile, notes, info = bss2_profile(network)
+        int_net, profile, notes, info = bss2_profile(network, cfg.synapses_per_weight)
         return Quantized(self.name, int_net, profile, notes, info)
 
     def lower(self, quantized: Quantized | Network, config: Any = None) -> Artifact:

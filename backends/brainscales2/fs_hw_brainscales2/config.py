@@ -38,6 +38,8 @@ class BrainScaleS2Config:
                              "(10 us = 10 ms biological at the 1000x speed-up)", range=(0.1, 10_000.0))
     max_instances: int = setting(100_000, "execution instances allowed (1: the network must fit one chip "
                                  "and one step)", range=(1, 10**7))
+    synapses_per_weight: int = setting(1, "synapses a per-step weight may use: the largest term is 63 x this, "
+                                       "larger weights split over synapses (exact; more rows)", range=(1, 16))
     batch_size: int = setting(200, "samples per replay batch", range=(1, 100_000))
     K: int | None = setting(None, "optional check of the network's steps per stage", range=(1, 64))
     monte_carlo_chips: int = setting(5, "simulated analog chips for the predicted accuracy spread (0: off)",

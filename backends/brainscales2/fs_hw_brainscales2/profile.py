@@ -50,8 +50,14 @@ class ProfileInfo:
     units: dict[str, float] = field(default_factory=dict)  # receiver -> activation units per weight step
 
 
-def bss2_profile(network: Network) -> tuple[Network, NumericProfile, list[str], ProfileInfo]:
-    """``(integer network, profile, notes, info)`` for BrainScaleS-2 (see the module docstring)."""
+def bss2_profile(network: Network, synapses_per_weight: int = 1) -> tuple[Network, NumericProfile, list[str],
+                                                                           ProfileInfo]:
+    """``(integer network, profile, notes, info)`` for BrainScaleS-2 (see the module docstring).
+
+    ``synapses_per_weight``: the largest per-step term is ``63 * synapses_per_weight``
+    units, so terms above 63 take several synapses (exact): each doubling buys a bit of
+    weight resolution for up to that many rows per input.
+    """
     steps = step_network(network, "BrainScaleS-2")
     net = steps.network
     notes: list[str] = []
@@ -60,7 +66,7 @@ def bss2_profile(network: Network) -> tuple[Network, NumericProfile, list[str], 
         if isinstance(node, (FSActivation, Readout)):
             top = max((float(np.abs(steps.float_steps[n]).max(initial=0.0)) for n in steps.feeding(node.name)),
                       default=0.0)
-            units[node.name] = top / WEIGHT_MAX if top > 0 else 1.0
+            units[node.name] = top / (WEIGHT_MAX * synapses_per_weight) if top > 0 else 1.0
 
     def step_weights(name: str) -> np.ndarray:
         fl = steps.float_steps[name]
@@ -72,7 +78,8 @@ def bss2_profile(network: Network) -> tuple[Network, NumericProfile, list[str], 
             err = float(np.abs(sw * u - fl).max()) / float(np.abs(fl).max())
             per_step = [int(np.count_nonzero((sw[t] == 0) & (fl[t] != 0))) for t in range(len(fl))]
             notes.append(
-                f"{net.by_name[name].label}: per-step weights w*d(t) as 6-bit magnitudes + sign (unit {u:.4g}): "
+                f"{net.by_name[name].label}: per-step weights w*d(t) as {synapses_per_weight} x 6-bit magnitudes "
+                f"+ sign (unit {u:.4g}): "
                 f"max error {err:.2e} of the largest term; {zeroed} of {nz} non-zero terms round to 0 "
                 f"(per step: {per_step})"
             )

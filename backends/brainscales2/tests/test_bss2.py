@@ -185,3 +185,15 @@ def test_fs_deploy_bundled_example(tmp_path):
     got = replay(tmp_path / "copy")
     check = compare_with_expected(tmp_path / "copy", got)
     assert check["missing"] == 0 and check["extra"] == 0 and check["readout_equal"]
+
+
+def test_two_synapses_per_weight_stay_exact_and_6_bit():
+    # a finer unit: terms up to 126 units, split over two synapses of <= 63 each
+    backend = BrainScaleS2Backend()
+    net, x = conformance.scenario("conv")
+    one = backend.lower(backend.quantize(net, {}), {})
+    two = backend.lower(backend.quantize(net, {"synapses_per_weight": 2}), {"synapses_per_weight": 2})
+    assert two.payload.tables["synapse_weight"].max() <= 63
+    assert len(two.payload.tables["synapse_weight"]) > len(one.payload.tables["synapse_weight"])
+    comparisons = conformance.assert_conforms(backend, "conv", {"synapses_per_weight": 2})
+    assert all(c.readout_equal for c in comparisons.values())
