@@ -126,12 +126,34 @@ def load_inputs(
     return images, labels, str(path)
 
 
+def _ann_accuracy(metadata: dict) -> float | None:
+    """The ANN's test accuracy a network file records: the zoo's whole-test-set figure, or
+    what ``fs-convert --evaluate`` measured (its ``evaluation`` block)."""
+    value = metadata.get("ann_test_accuracy")
+    if value is None and isinstance(metadata.get("evaluation"), dict):
+        value = metadata["evaluation"].get("ann_accuracy")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+#: the deploy configs shipped with fs-hw (a source checkout); fs-deploy falls back to them
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "deploy_configs"
+
+
+def default_config_path(target: str) -> Path | None:
+    """``deploy_configs/TARGET.toml`` of the current folder, else the one shipped next to
+    the package, else none (the target's defaults)."""
+    for folder in (Path.cwd() / "deploy_configs", SHIPPED_CONFIGS):
+        candidate = folder / f"{target}.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def load_config(path: Path | None, target: str) -> dict[str, Any]:
     if path is None:
-        default = Path.cwd() / "deploy_configs" / f"{target}.toml"
-        if not default.is_file():
+        path = default_config_path(target)
+        if path is None:
             return {}
-        path = default
     # A regular file, read with a bound: /dev/zero or a FIFO given as --config is refused by type.
     raw = read_regular_file(path, "config file (TOML)", CONFIG_READ_LIMIT)
     try:
@@ -308,11 +330,11 @@ def deploy(args: argparse.Namespace) -> int:
         # again under the locks: a run that finished meanwhile may have filled --out
         out, report_path = _check_destinations(args)
         return _run_and_write(args, backend, network, network_path, target_config, runner, chunk,
-                              images, labels, inputs_name, out, report_path)
+                              images, labels, inputs_name, out, report_path, config.get("_path"))
 
 
 def _run_and_write(args, backend, network, network_path, target_config, runner, chunk, images, labels,
-                   inputs_name, out: Path | None, report_path: Path | None) -> int:
+                   inputs_name, out: Path | None, report_path: Path | None, config_path: str | None = None) -> int:
     samples = len(images)
     t0 = time.perf_counter()
     quantized = backend.quantize(network, target_config)
@@ -360,7 +382,7 @@ def _run_and_write(args, backend, network, network_path, target_config, runner, 
         "accuracy": None if mapped_only else accuracy(result),
         "reference_accuracy": accuracy(float_fs),
         "predicted_accuracy": accuracy(expected),
-        "ann_accuracy": network.metadata.get("ann_test_accuracy"),
+        "ann_accuracy": _ann_accuracy(network.metadata),
         "agreement": None if comparison is None else comparison.agreement,
         "spike_mismatches": None if comparison is None else comparison.spike_mismatches,
         "spikes_compared": None if comparison is None else comparison.spikes_compared,
@@ -375,6 +397,7 @@ def _run_and_write(args, backend, network, network_path, target_config, runner, 
         "K": network.K,
         "profile": artifact.profile.name,
         "runner": runner,
+        "config": config_path,
         "exactness": backend.exactness.to_dict(),
         "resources": artifact.resources.to_dict(),
         "notes": notes,
@@ -495,7 +518,7 @@ def _print_summary(report: dict) -> None:
         ("accuracy (target)", report["accuracy"]),
         ("accuracy (float FS reference)", report["reference_accuracy"]),
         ("accuracy predicted for target", report["predicted_accuracy"]),
-        ("ANN accuracy (whole test set, from metadata)", report["ann_accuracy"]),
+        ("ANN accuracy (from the network's metadata)", report["ann_accuracy"]),
         ("agreement with reference", report["agreement"]),
         ("spike mismatches", "not compared (no spikes returned)" if report["spike_mismatches"] is None
          else f"{report['spike_mismatches']} of {report['spikes_compared']} compared"),
@@ -534,6 +557,7 @@ def _print_summary(report: dict) -> None:
     except ImportError:
         for k, v in rows:
             print(f"{k:<32} {_fmt(v)}")
+    print(f"config: {report.get('config') or 'none (the target defaults)'}")
     for note in report["notes"]:
         print(f"note: {note}")
 

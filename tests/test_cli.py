@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -174,3 +175,22 @@ def test_exit_status_follows_the_declared_exactness(monkeypatch, tmp_path, capsy
     report = tmp_path / "r.json"
     assert main(["--target", "reference", "--samples", "10", "--report", str(report)]) == code
     assert json.loads(report.read_text())["spike_mismatches"] == 1
+
+
+def test_ann_accuracy_from_fs_convert_evaluation():
+    from fs_hw.cli import _ann_accuracy
+
+    # the zoo's whole-test-set figure wins; fs-convert --evaluate's block is the fallback
+    assert _ann_accuracy({"ann_test_accuracy": 0.91, "evaluation": {"ann_accuracy": 0.5}}) == 0.91
+    assert _ann_accuracy({"evaluation": {"ann_accuracy": 0.875, "samples": 200}}) == 0.875
+    assert _ann_accuracy({"evaluation": "not a block"}) is None and _ann_accuracy({}) is None
+
+
+def test_config_found_next_to_the_package_and_named(tmp_path, monkeypatch, capsys):
+    # run from a folder without deploy_configs/: the shipped config is used, and the report says which
+    monkeypatch.chdir(tmp_path)
+    report = tmp_path / "r.json"
+    assert main(["--target", "reference", "--samples", "2", "--report", str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert r["config"] is not None and r["config"].endswith(str(Path("deploy_configs") / "reference.toml"))
+    assert "reference.toml" in capsys.readouterr().out
