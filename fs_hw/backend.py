@@ -121,10 +121,17 @@ class RunResult:
     time_steps: int
     spike_trains: dict[str, np.ndarray] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: the network's input node, whose spikes (the host-encoded input code) are not counted
+    #: as the network's own by :meth:`spikes_per_neuron`
+    input_name: str | None = None
 
     def spikes_per_neuron(self, include_input: bool = False, input_name: str | None = None) -> float:
-        """All spikes divided by all FS neurons (silent ones included), per sample."""
-        names = [n for n in self.neurons if include_input or n != input_name]
+        """Spikes of the FS neurons divided by their number (silent ones included), per
+        sample. The input code's spikes are excluded unless ``include_input``: they are
+        the host's encoding of the sample, not the network's activity (the input node is
+        ``input_name``, else the one the result records)."""
+        skip = input_name if input_name is not None else self.input_name
+        names = [n for n in self.neurons if include_input or n != skip]
         neurons = sum(self.neurons[n] for n in names)
         if neurons == 0:
             return 0.0

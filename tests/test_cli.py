@@ -5,12 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fs_hw import conformance
 from fs_hw.cli import main
 from fs_hw.ir import save_network
 
+ROOT_EXAMPLE = Path(__file__).resolve().parents[1] / "fs_hw" / "examples" / "fashion_mlp.fsnet"
 
 def test_reference_report_is_exact(tmp_path, capsys):
     report = tmp_path / "r.json"
@@ -194,3 +196,19 @@ def test_config_found_next_to_the_package_and_named(tmp_path, monkeypatch, capsy
     r = json.loads(report.read_text())
     assert r["config"] is not None and r["config"].endswith(str(Path("deploy_configs") / "reference.toml"))
     assert "reference.toml" in capsys.readouterr().out
+
+
+def test_spikes_per_neuron_excludes_the_input_code_by_default():
+    from fs_hw.ir.io import load_network
+    from fs_hw.reference.simulator import run_reference
+
+    net = load_network(ROOT_EXAMPLE)
+    x = np.load(ROOT_EXAMPLE.parent / "fashion_test.npz")["images"][:20] / 255.0
+    r = run_reference(net, x, "fast")
+    own = r.spikes_per_neuron()
+    assert own == r.spikes_per_neuron(input_name=net.input.name)  # the input node is recorded
+    # the input code fires more than the hidden layer: including it must change the figure
+    assert r.spikes_per_neuron(include_input=True) != own
+    hidden = [n for n in r.neurons if n != net.input.name]
+    expected = sum(float(r.spike_counts[n].sum()) for n in hidden) / sum(r.neurons[n] for n in hidden) / len(x)
+    assert abs(own - expected) < 1e-12  # float sums of integer counts: exact up to the last bit

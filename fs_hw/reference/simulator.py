@@ -199,6 +199,7 @@ def concat_results(parts: list[RunResult]) -> RunResult:
         time_steps=first.time_steps,
         spike_trains=trains,
         info=_merge_info([p.info for p in parts]),
+        input_name=first.input_name,
     )
 
 
@@ -240,6 +241,7 @@ def _result(network: Network, outputs: np.ndarray, counts: dict, trains: dict | 
         neurons=network.neuron_counts(),
         time_steps=network.time_steps,
         spike_trains=trains,
+        input_name=network.input.name if network.input.code is not None else None,
     )
 
 

@@ -197,4 +197,5 @@ def _run_result(export: Export, result, artifact: Artifact, x: np.ndarray,
     neurons = {k: int(np.prod(v.shape[2:])) for k, v in trains.items()}
     return RunResult(outputs=outputs, predictions=np.argmax(outputs, axis=1), spike_counts=counts,
                      neurons=neurons, time_steps=net.time_steps, spike_trains=trains,
-                     info={"runner": "replay", "samples": N, "instances": len(m["instances"])})
+                     info={"runner": "replay", "samples": N, "instances": len(m["instances"])},
+                     input_name=net.input.name)

@@ -140,6 +140,7 @@ def run_program(program: Program, inputs: np.ndarray, profile: NumericProfile,
         time_steps=net.time_steps,
         spike_trains=trains if record_spikes else None,
         info=info,
+        input_name=net.input.name,
     )
 
 

@@ -189,4 +189,4 @@ def result_from(trains: dict[str, np.ndarray], readout: np.ndarray, info: dict, 
     neurons = {k: int(np.prod(v.shape[2:])) for k, v in trains.items()}
     outputs = readout.reshape(len(readout), -1)
     return RunResult(outputs=outputs, predictions=np.argmax(outputs, axis=1), spike_counts=counts, neurons=neurons,
-                     time_steps=time_steps, spike_trains=trains, info=info)
+                     time_steps=time_steps, spike_trains=trains, info=info, input_name=input_name)

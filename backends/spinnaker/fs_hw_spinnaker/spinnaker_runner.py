@@ -137,7 +137,8 @@ def map_artifact(artifact: Artifact, x: np.ndarray) -> RunResult:
             res.layers[name].parts = cores
     n = len(x)
     empty = {k: np.zeros(n, np.int64) for k in host.spike_counts}
-    return RunResult(outputs=np.zeros((n, 0)), predictions=np.full(n, -1), spike_counts=empty,
+    return RunResult(input_name=artifact.network.input.name, outputs=np.zeros((n, 0)), predictions=np.full(n, -1),
+                     spike_counts=empty,
                      neurons=dict(host.neurons), time_steps=host.time_steps, spike_trains=None,
                      info={"runner": "spinnaker", "spikes_returned": False,
                            "why_no_spikes": "sPyNNaker's virtual board maps but does not execute",
