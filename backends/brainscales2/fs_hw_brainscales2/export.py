@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from fs_hw.errors import FormatError, FSHWError, ResourceError, ValidationError
+from fs_hw.errors import FormatError, FSHWError, ValidationError
 from fs_hw.ir import Network
-from fs_hw.lower.limits import check_usage
+from fs_hw.lower.limits import LimitTable, check_usage
 from fs_hw.lower.unroll import BIAS_SOURCE, UnrolledNetwork, unroll
 from fs_hw.outputs import atomic_write_json
 from fs_hw.safe_archive import SafeArchive
@@ -380,9 +380,8 @@ def add_events(export: Export, input_spikes: np.ndarray, expected: dict | None =
 
 
 def check_fits(export: Export, max_instances: int) -> None:
-    n = len(export.manifest["instances"])
-    if n > max_instances:
-        raise ResourceError(
-            f"the network needs {n} execution instances (one chip configuration per layer and FS step, "
-            f"{export.manifest['circuits']} circuits in all), above the limit {max_instances} (config max_instances)"
-        )
+    """The instance count against the config's limit, through the shared limits checker."""
+    limit = replace(BSS2_LIMITS["instances"], value=max_instances)
+    check_usage(LimitTable((limit,)), {"instances": len(export.manifest["instances"])}, "network",
+                hint=f"one chip configuration per layer and FS step, {export.manifest['circuits']} circuits in "
+                     "all; raise max_instances in the [target] table or use a smaller network")

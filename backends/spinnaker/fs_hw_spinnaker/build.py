@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from fs_hw.lower.unroll import BIAS_SOURCE, UnrolledNetwork
+from fs_hw_spinnaker.pynn_compat import connect_arrays
 
 #: units per mV (s16.15)
 UNITS_PER_MV = 2.0**15
@@ -71,12 +72,6 @@ def _times(sim, ms: np.ndarray):
     return seq(ms.tolist()) if seq is not None else ms.tolist()
 
 
-def plain_connect(sim, pre, post, pre_idx, post_idx, weights, delays, receptor_type, label=None):
-    """Connections through PyNN's FromListConnector (any simulator)."""
-    conns = np.column_stack([pre_idx, post_idx, weights, delays])
-    return sim.Projection(pre, post, sim.FromListConnector(conns), receptor_type=receptor_type, label=label)
-
-
 def population_parts(cells: int, cells_per_neuron: int, cells_per_population: int | None) -> list[tuple[int, int]]:
     """``(first cell, cells)`` of each population a layer is split into: whole neurons, at
     most ``cells_per_population`` cells each (one core's worth). sPyNNaker refuses a synapse
@@ -89,7 +84,7 @@ def population_parts(cells: int, cells_per_neuron: int, cells_per_population: in
 
 
 def build_model(sim, unrolled: UnrolledNetwork, input_ticks: list[np.ndarray], samples: int, timestep_ms: float,
-                max_summed: dict[str, dict[str, float]] | None = None, connect: Connect = plain_connect,
+                max_summed: dict[str, dict[str, float]] | None = None, connect: Connect = connect_arrays,
                 record: bool = True, extra_population_args: Callable[[str], dict] | None = None,
                 cells_per_population: int | None = None) -> Model:
     """Populations and projections of ``unrolled`` for ``samples`` pipelined samples.

@@ -79,15 +79,6 @@ def import_pynn_nest():
     return sim
 
 
-def has_nest() -> bool:
-    try:
-        import importlib.util
-
-        return importlib.util.find_spec("pyNN") is not None and importlib.util.find_spec("nest") is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def setup(sim, timestep_ms: float, max_delay_ticks: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -58,7 +58,6 @@ TARGET_SUM_MV = 2.0**14
 WEIGHT_MAGNITUDE_MAX = 0xFFFF
 #: the input code runs on the host in this many units per activation unit
 INPUT_SCALE = 2.0**20
-RECEPTORS = ("excitatory", "inhibitory")
 
 
 def ring_buffer_shift(max_summed_weight: float) -> int:
