@@ -285,13 +285,69 @@ def test_signed_input_is_shifted_exactly():
     assert np.allclose(out, [lo, hi], atol=1e-12)
 
 
-def test_signed_input_into_padded_conv_is_refused():
+class Normalize(nn.Module):
+    """torchvision-style input normalisation at the front of a model."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(-1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def test_signed_input_into_padded_conv_converts_exactly():
+    # The round code delivers x - lo; zero padding then pads x with lo, not 0. The converter
+    # states the shift's effect as a bias map, which differs at the border, so the converted
+    # network is exactly the ANN with its input quantized (the twin), border pixels included.
+    torch.manual_seed(3)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 256, 3)).eval()
     x = images() - 0.5
-    with pytest.raises(UnsupportedError, match=r"Conv2d '0' \(node 1 of 4, after the input '\w+'\).*padded"):
-        from_torch(model, x[:2], x)
-    net = from_torch(model, x[:2], x, input_code=None)  # analog input, asked for explicitly
-    assert net.input.code is None
+    net = from_torch(model, x[:2], x, K=10)
+    conv = net.by_name["0"]
+    assert conv.bias.shape == (4, 16, 16)
+    assert not np.allclose(conv.bias[:, 0, 0], conv.bias[:, 8, 8])  # border and interior differ
+    assert np.allclose(conv.bias[:, 8, 8], conv.bias[:, 5, 9], rtol=0, atol=1e-12)  # interior is constant
+    ref, twin = check_against_twin(model, net, x)
+    # float64 both; the folded bias map reorders a few additions (tolerance: 1e-9 of the logits' scale)
+    assert np.allclose(ref.outputs, twin, rtol=0, atol=1e-9 * np.abs(twin).max())
+    analog = from_torch(model, x[:2], x, input_code=None)  # analog input, asked for explicitly
+    assert analog.input.code is None
+
+
+def test_normalisation_module_in_front_of_a_padded_conv_is_folded_and_recorded():
+    torch.manual_seed(4)
+    model = nn.Sequential(Normalize([0.3], [0.35]), nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 256, 3)).eval()
+    x = images()  # raw pixels in [0, 1]
+    net = from_torch(model, x[:2], x, K=10)
+    assert np.allclose(net.input.mean, [0.3]) and np.allclose(net.input.std, [0.35])
+    assert net.metadata["conversion"]["input"]["shift"] == 0.0  # raw pixels are non-negative: no shift
+    assert net.by_name["1"].bias.ndim == 3
+    ref, twin = check_against_twin(model, net, x)
+    assert np.allclose(ref.outputs, twin, rtol=0, atol=1e-9 * np.abs(twin).max())
+
+
+def test_input_normalization_given_as_data_equals_the_model_with_it_in_front():
+    torch.manual_seed(6)
+    mean, std = [0.25], [0.375]  # exact in float32 too, so the module in front computes the very same
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 256, 3)).eval()
+    x = images()
+    net = from_torch(model, x[:2], x, K=10, input_normalization=(mean, std))
+    assert net.metadata["conversion"]["input"]["normalization"]["given"] is True
+    assert np.allclose(net.input.mean, mean) and np.allclose(net.input.std, std)
+    # the same network as the model with the normalisation in front (checked against its twin)
+    in_front = nn.Sequential(Normalize(mean, std), *model).eval()
+    ref_front, twin = check_against_twin(in_front, from_torch(in_front, x[:2], x, K=10), x)
+    ref = run_reference(net, np.asarray(x, dtype=np.float64), mode="fast")
+    assert np.array_equal(ref.predictions, ref_front.predictions)
+    assert np.allclose(ref.outputs, twin, rtol=0, atol=1e-9 * np.abs(twin).max())
+    with pytest.raises(ValidationError,
+                       match=r"input_normalization: needs finite means and stds > 0, got mean \[0.25\], std \[0.0\]"):
+        from_torch(model, x[:2], x, input_normalization=(mean, [0.0]))
+    with pytest.raises(ValidationError, match=r"input_normalization mean.*has 3 values; the input has 1 channels"):
+        from_torch(model, x[:2], x, input_normalization=([0.1, 0.2, 0.3], std))
 
 
 def test_pixel_input_code_is_exact_for_8_bit_images():
@@ -369,10 +425,12 @@ def test_batchnorm_before_an_unpadded_conv_folds_into_it():
     net = from_torch(model, x[:2], x, K=8)
     assert "(input side)" in net.metadata["conversion"]["folded"][0]
     check_against_twin(model, net, x)
-    padded = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, padding=1),
-                           nn.Flatten(), nn.Linear(4 * 14 * 14, 3))
-    with pytest.raises(UnsupportedError, match="BatchNorm2d '2'.*cannot be folded"):
-        from_torch(randomize_bn(padded).eval(), x[:2], x)
+    # before a zero-padded conv its shift becomes a bias map (the padding is 0, not the shift)
+    padded = randomize_bn(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.BatchNorm2d(4),
+                                        nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 14 * 14, 3))).eval()
+    net = from_torch(padded, x[:2], x, K=8)
+    assert net.by_name["3"].bias.shape == (4, 14, 14)
+    check_against_twin(padded, net, x)
 
 
 # ---------------------------------------------------------------------------------------

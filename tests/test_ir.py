@@ -135,7 +135,7 @@ def test_unknown_version_truncated_and_corrupted(tmp_path):
     path = save_network(_mlp(), tmp_path / "n.fsnet")
     future = tmp_path / "future.fsnet"
     _rewrite_manifest(path, future, lambda m: m.update(version=99))
-    with pytest.raises(FormatError, match=r"unknown format version 99; this fs-hw reads versions \[1, 2\]"):
+    with pytest.raises(FormatError, match=r"unknown format version 99; this fs-hw reads versions \[1, 2, 3\]"):
         load_network(future)
     truncated = tmp_path / "t.fsnet"
     truncated.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
@@ -246,3 +246,37 @@ def test_unknown_array_is_still_refused(tmp_path):
     with pytest.raises(FormatError, match=r"arrays \['bias', 'step_weights', 'weight'\] but a dense node has "
                                           r"\['bias', 'weight'\] \(optional: \['step_weight'\]\)"):
         load_network(bad)
+
+
+def _conv_net(bias, mean=None, std=None):
+    code = relu_code(1.0, 4)
+    nodes = (Input("x", (1, 4, 4), code.name, mean=mean, std=std),
+             Conv2d("c", "x", np.ones((2, 1, 3, 3)), bias, (1, 1), (1, 1)),
+             FSActivation("a", "c", code.name), Flatten("f", "a"), Dense("d", "f", np.ones((3, 32)), np.zeros(3)),
+             Readout("r", "d"))
+    return Network(nodes, {code.name: code})
+
+
+def test_bias_map_and_input_normalisation_round_trip_as_version_3(tmp_path):
+    bias = np.arange(32, dtype=np.float64).reshape(2, 4, 4) / 64
+    net = _conv_net(bias, mean=[0.5], std=[0.25])
+    path = save_network(net, tmp_path / "v3.fsnet")
+    assert json.loads(zipfile.ZipFile(path).read("manifest.json"))["version"] == 3
+    back = load_network(path)
+    assert back == net and back.by_name["c"].has_bias_map and back.input.normalization is not None
+    plain = save_network(_conv_net(np.zeros(2)), tmp_path / "v1.fsnet")  # nothing new: still version 1
+    assert json.loads(zipfile.ZipFile(plain).read("manifest.json"))["version"] == 1
+    old = tmp_path / "claims_v2.fsnet"
+    _rewrite_manifest(path, old, lambda m: m.update(version=2))
+    with pytest.raises(FormatError, match=r"input 'x'\): arrays \['mean', 'std'\] need format version 3"):
+        load_network(old)
+
+
+def test_bias_map_must_match_the_conv_output():
+    with pytest.raises(ValidationError, match=r"conv2d 'c': bias: is a map of shape \(2, 3, 3\); the output is "
+                                              r"\(2, 4, 4\)"):
+        _conv_net(np.zeros((2, 3, 3)))
+    with pytest.raises(ValidationError, match=r"input 'x': std: must be > 0, got std\[0\] = -1.0"):
+        _conv_net(np.zeros(2), mean=[0.0], std=[-1.0])
+    with pytest.raises(ValidationError, match="input 'x': mean/std: must be given both or neither"):
+        _conv_net(np.zeros(2), mean=[0.0])

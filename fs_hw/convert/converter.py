@@ -31,7 +31,14 @@ import numpy as np
 from fs_hw.codes import published_codes, relu_code, shipped_codes
 from fs_hw.convert import calibrate as cal
 from fs_hw.convert.frontend import Op, TorchGraph, trace
-from fs_hw.convert.passes import check_ops, fold_affines, remove_identities
+from fs_hw.convert.passes import (
+    add_bias,
+    check_ops,
+    conv_offset,
+    fold_affines,
+    prepend_normalization,
+    remove_identities,
+)
 from fs_hw.errors import UnsupportedError, ValidationError
 from fs_hw.ir import (
     Add,
@@ -69,6 +76,7 @@ def from_torch(
     input_range: tuple[float, float] | None = None,
     codes: Mapping[str, FSCode] | None = None,
     relu_rule: str = ">=",
+    input_normalization: tuple[Any, Any] | None = None,
     batch_size: int = 256,
     name: str | None = None,
     metadata: Mapping[str, Any] | None = None,
@@ -114,6 +122,13 @@ def from_torch(
         ``"tanh"``, ``"gelu"``; each must have the network's K.
     relu_rule : {">=", ">"}
         Firing rule of the ReLU codes (and the truncating input code).
+    input_normalization : (mean, std), optional
+        The model was trained on ``(x - mean) / std`` (numbers, or one per input channel)
+        and is given *raw* ``x``: ``example_input`` and ``calibration_data`` are then raw
+        samples (e.g. pixels in [0, 1]). The normalisation is folded into the first layers
+        (exactly, zero-padded convs included: a bias map) and recorded on the IR's input
+        node; the converted network takes raw samples. A normalisation module at the front of
+        the model is folded and recorded the same way.
     batch_size : int
         Calibration batch size.
     name, metadata :
@@ -145,10 +160,7 @@ def from_torch(
         example_input = None if first is None else first[:2]
 
     # 1-3: trace, passes, self-check
-    graph = trace(model, example_input)
-    graph = remove_identities(graph)
-    graph, folded = fold_affines(graph)
-    check_ops(graph)
+    graph, folded = canonical_graph(model, example_input, input_normalization)
     _self_check(graph)
 
     acts = [op for op in graph.ops.values() if op.kind == "act"]
@@ -249,6 +261,10 @@ def from_torch(
             all_codes[code_of[op.name].name] = code_of[op.name]
     nodes.append(Readout("readout", graph.output))
 
+    inp = next(op for op in graph.ops.values() if op.kind == "input")
+    if "normalization" in inp.attrs:
+        mean, std = inp.attrs["normalization"]
+        input_info["normalization"] = {"mean": mean, "std": std, "given": input_normalization is not None}
     meta: dict[str, Any] = {"name": name or graph.model_name}
     meta.update(dict(metadata or {}))
     meta["conversion"] = {
@@ -270,6 +286,53 @@ def from_torch(
 
 
 # ---------------------------------------------------------------------------------------
+
+
+def canonical_graph(model: Any, example_input: Any, input_normalization: tuple[Any, Any] | None = None,
+                    ) -> tuple[TorchGraph, list[str]]:
+    """Steps 1-2: the traced graph (taking raw samples when ``input_normalization`` is
+    given) with identities removed and affine ops folded; and the folding log."""
+    if input_normalization is not None:
+        mean, std = _parse_normalization(input_normalization)
+        graph = trace(model, None if example_input is None else _normalise(example_input, mean, std))
+        graph = prepend_normalization(graph, mean, std)
+    else:
+        graph = trace(model, example_input)
+    graph = remove_identities(graph)
+    graph, folded = fold_affines(graph)
+    check_ops(graph)
+    return graph, folded
+
+
+def _parse_normalization(value: Any) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        mean, std = value
+        mean = np.asarray(mean, np.float64).reshape(-1)
+        std = np.asarray(std, np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValidationError("from_torch", "input_normalization",
+                              f"must be (mean, std), numbers or one per channel, got {value!r}") from None
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)) or not mean.size \
+            or not std.size:
+        raise ValidationError("from_torch", "input_normalization",
+                              f"needs finite means and stds > 0, got mean {mean.tolist()}, std {std.tolist()}")
+    return mean, std
+
+
+def _normalise(x: Any, mean: np.ndarray, std: np.ndarray) -> Any:
+    """``(x - mean) / std`` per channel (axis 1), for tracing the model on what it was trained on."""
+    import torch
+
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    t = t.to(torch.float32) if not t.is_floating_point() else t
+    channels = t.shape[1] if t.dim() > 1 else 1
+    for key, arr in (("mean", mean), ("std", std)):
+        if arr.size not in (1, channels):
+            raise ValidationError("from_torch", f"input_normalization {key}",
+                                  f"has {arr.size} values; the input has {channels} channels (give 1 or {channels})")
+    shape = (1, -1) + (1,) * (t.dim() - 2)
+    m, sd = torch.as_tensor(mean, dtype=t.dtype).reshape(shape), torch.as_tensor(std, dtype=t.dtype).reshape(shape)
+    return (t - m) / sd
 
 
 def _self_check(graph: TorchGraph) -> None:
@@ -432,16 +495,17 @@ def _fold_input_shift(graph: TorchGraph, shift: float, consumers: dict[str, list
             elif op.kind == "dense":
                 bias_delta[cname] = bias_delta.get(cname, 0.0) + shift * op.attrs["weight"].sum(axis=1)
                 into.append(cname)
-            elif op.kind == "conv" and tuple(op.attrs["padding"]) == (0, 0):
-                bias_delta[cname] = bias_delta.get(cname, 0.0) + shift * op.attrs["weight"].sum(axis=(1, 2, 3))
+            elif op.kind == "conv":
+                # zero padding pads the code's output y = x - shift with 0, i.e. x with `shift`;
+                # conv_offset is exact there: the shift's contribution as a bias map.
+                delta = conv_offset(op.attrs, graph.ops[op.inputs[0]].shape, np.array(shift))
+                bias_delta[cname] = add_bias(bias_delta.get(cname, 0.0), delta)
                 into.append(cname)
             else:
-                problem = ("is a zero-padded Conv2d: the shifted input code would pad with the range's lower end "
-                           f"{shift:g} instead of 0" if op.kind == "conv" else
-                           "reads the input directly, with no Conv2d/Linear to absorb the input code's shift")
-                raise graph.refuse(op, f"the input range starts at {shift:g} < 0 and this layer {problem}",
-                                   "inputs in [0, max] (e.g. pixels in [0, 1] without mean subtraction), or "
-                                   "input_code=None for an analog input")
+                raise graph.refuse(op, f"the input range starts at {shift:g} < 0 and this layer reads the input "
+                                   "directly, with no Conv2d/Linear to absorb the input code's shift",
+                                   "inputs in [0, max] (e.g. pixels in [0, 1] without mean subtraction), "
+                                   "a Conv2d/Linear first, or input_code=None for an analog input")
 
     visit(start.name)
     return into
@@ -450,12 +514,15 @@ def _fold_input_shift(graph: TorchGraph, shift: float, consumers: dict[str, list
 def _ir_node(op: Op, bias_delta: dict[str, Any], code_of: dict[str, FSCode], in_code: FSCode | None) -> Any:
     a = op.attrs
     if op.kind == "input":
-        return Input(op.name, tuple(op.shape), None if in_code is None else in_code.name)
+        mean, std = a.get("normalization", (None, None))
+        return Input(op.name, tuple(op.shape), None if in_code is None else in_code.name, mean=mean, std=std)
     if op.kind == "dense":
         return Dense(op.name, op.inputs[0], a["weight"], a["bias"] + bias_delta.get(op.name, 0.0))
     if op.kind == "conv":
-        return Conv2d(op.name, op.inputs[0], a["weight"], a["bias"] + bias_delta.get(op.name, 0.0),
-                      tuple(a["stride"]), tuple(a["padding"]))
+        bias = add_bias(a["bias"], bias_delta.get(op.name, 0.0))
+        if bias.ndim == 3 and np.all(bias == bias[:, :1, :1]):
+            bias = bias[:, 0, 0].copy()  # a map that is constant per channel is a plain bias
+        return Conv2d(op.name, op.inputs[0], a["weight"], bias, tuple(a["stride"]), tuple(a["padding"]))
     if op.kind == "act":
         return FSActivation(op.name, op.inputs[0], code_of[op.name].name)
     if op.kind == "add":

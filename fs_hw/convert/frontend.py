@@ -218,6 +218,8 @@ def _run_op(op: Op, ins: list, x: Any, dtype: Any, act_fn: Callable | None) -> A
     if op.kind == "dense":
         return F.linear(ins[0], _t(a["weight"], dtype), _t(a["bias"], dtype))
     if op.kind == "conv":
+        if a["bias"].ndim == 3:  # a bias map (a constant input offset seen through zero padding)
+            return F.conv2d(ins[0], _t(a["weight"], dtype), None, a["stride"], a["padding"]) + _t(a["bias"], dtype)
         return F.conv2d(ins[0], _t(a["weight"], dtype), _t(a["bias"], dtype), a["stride"], a["padding"])
     if op.kind == "affine":
         shape = (1, -1) + (1,) * (ins[0].dim() - 2)

@@ -18,10 +18,12 @@ Each pass returns a new graph and leaves its argument untouched:
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
 from fs_hw.convert.frontend import Op, TorchGraph
+from fs_hw.errors import ValidationError
 
 
 def _copy(graph: TorchGraph, ops: dict[str, Op], output: str) -> TorchGraph:
@@ -51,6 +53,7 @@ def fold_affines(graph: TorchGraph) -> tuple[TorchGraph, list[str]]:
     ops = {name: replace(op, inputs=list(op.inputs), attrs=dict(op.attrs)) for name, op in graph.ops.items()}
     output = graph.output
     log: list[str] = []
+    _merge_affine_chains(graph, ops, output, log)
     tmp = _copy(graph, ops, output)
     for name in list(ops):
         op = ops.get(name)
@@ -67,16 +70,22 @@ def fold_affines(graph: TorchGraph) -> tuple[TorchGraph, list[str]]:
             w = src.attrs["weight"]
             attrs = dict(src.attrs)
             attrs["weight"] = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
-            attrs["bias"] = src.attrs["bias"] * scale + shift
+            b = src.attrs["bias"]
+            per_channel = (-1,) + (1,) * (b.ndim - 1)  # a conv's bias may be a map (C, H, W)
+            attrs["bias"] = b * scale.reshape(per_channel) + shift.reshape(per_channel)
             attrs["folded"] = list(src.attrs.get("folded", [])) + [op.source]
             ops[src.name] = replace(src, attrs=attrs)
             log.append(f"{op.label} folded into {src.label}")
         else:
             # not foldable into the layer before it: try the layers after it
-            into = None if src.kind == "input" else _fold_forward(ops, op, consumers[op.name])
+            # On the input itself this folds a normalisation (x - mean) / std into the first
+            # layers: the network then takes raw samples, as calibrated.
+            into = _fold_forward(ops, op, consumers[op.name])
             if into is None:
                 raise _refusal(graph, ops, op, src, others, what)
             log.append(f"{op.label} folded into {', '.join(ops[c].label for c in into)} (input side)")
+            if src.kind == "input":
+                _record_normalization(ops, src, op)
         # consumers of the affine op now read its input
         del ops[name]
         for other in ops.values():
@@ -85,6 +94,82 @@ def fold_affines(graph: TorchGraph) -> tuple[TorchGraph, list[str]]:
             output = src.name
         tmp = _copy(graph, ops, output)
     return tmp, log
+
+
+def _record_normalization(ops: dict[str, Op], inp: Op, op: Op) -> None:
+    """Record on the input op the normalisation ``(x - mean) / std`` an affine op on it was."""
+    scale = np.asarray(op.attrs["scale"], np.float64).reshape(-1)
+    shift = np.asarray(op.attrs["shift"], np.float64).reshape(-1)
+    if np.all(scale > 0):
+        std = 1.0 / scale
+        ops[inp.name] = replace(inp, attrs=dict(inp.attrs, normalization=(-shift * std, std)))
+
+
+def prepend_normalization(graph: TorchGraph, mean: Any, std: Any) -> TorchGraph:
+    """The graph with ``(x - mean) / std`` (per channel) before everything that reads the
+    input: it then takes raw samples. ``graph.example`` is mapped back to raw units."""
+    inp = next(op for op in graph.ops.values() if op.kind == "input")
+    channels = inp.shape[0]
+    try:
+        m = np.asarray(mean, np.float64).reshape(-1)
+        sd = np.asarray(std, np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValidationError("from_torch", "input_normalization", f"must be (mean, std) numbers, got {mean!r}, "
+                              f"{std!r}") from None
+    for key, arr in (("mean", m), ("std", sd)):
+        if arr.size not in (1, channels) or not np.all(np.isfinite(arr)):
+            raise ValidationError("from_torch", f"input_normalization {key}",
+                                  f"needs 1 or {channels} (one per input channel) finite values, got {arr.tolist()}")
+    if not np.all(sd > 0):
+        raise ValidationError("from_torch", "input_normalization std", f"must be > 0, got {sd.tolist()}")
+    name = "input_normalization"
+    while name in graph.ops:
+        name += "_"
+    norm = Op("affine", name, [inp.name], {"scale": 1.0 / sd, "shift": -m / sd,
+                                          "what": "the input normalisation (x - mean) / std"},
+              label="the input normalisation (x - mean) / std", source=name, position=0, after=inp.label,
+              shape=inp.shape, node=name)
+    ops: dict[str, Op] = {}
+    for op_name, op in graph.ops.items():
+        ops[op_name] = replace(op, inputs=[name if s == inp.name else s for s in op.inputs])
+        if op_name == inp.name:
+            ops[name] = norm
+    example = graph.example
+    if example is not None:
+        shape = (1, -1) + (1,) * (example.dim() - 2)
+        example = example * _torch_tensor(sd, example).reshape(shape) + _torch_tensor(m, example).reshape(shape)
+    output = name if graph.output == inp.name else graph.output
+    return replace(graph, ops=ops, output=output, example=example)
+
+
+def _torch_tensor(arr: np.ndarray, like: Any) -> Any:
+    import torch
+
+    return torch.as_tensor(arr, dtype=like.dtype)
+
+
+def _merge_affine_chains(graph: TorchGraph, ops: dict[str, Op], output: str, log: list[str]) -> None:
+    r"""Merge an affine op into the affine op that alone reads it: :math:`s_2 (s_1 x + c_1) + c_2
+    = (s_2 s_1) x + (s_2 c_1 + c_2)` (a normalisation ``(x - mean) / std`` is two such ops)."""
+    changed = True
+    while changed:
+        changed = False
+        consumers = _copy(graph, ops, output).consumers()
+        for name, op in list(ops.items()):
+            if op.kind != "affine" or name == output or len(consumers[name]) != 1:
+                continue
+            nxt = ops.get(consumers[name][0])
+            if nxt is None or nxt.kind != "affine":
+                continue
+            s1, c1 = np.asarray(op.attrs["scale"], np.float64), np.asarray(op.attrs["shift"], np.float64)
+            s2, c2 = np.asarray(nxt.attrs["scale"], np.float64), np.asarray(nxt.attrs["shift"], np.float64)
+            attrs = dict(nxt.attrs, scale=s2 * s1, shift=s2 * c1 + c2,
+                         what=f"{op.attrs.get('what', 'affine op')} and {nxt.attrs.get('what', 'affine op')}")
+            ops[nxt.name] = replace(nxt, inputs=list(op.inputs), attrs=attrs)
+            del ops[name]
+            log.append(f"{op.label} merged into {nxt.label}")
+            changed = True
+            break
 
 
 def _refusal(graph: TorchGraph, ops: dict[str, Op], op: Op, src: Op, others: list[str], what: str) -> Exception:
@@ -110,9 +195,10 @@ def _refusal(graph: TorchGraph, ops: dict[str, Op], op: Op, src: Op, others: lis
 def _fold_forward(ops: dict[str, Op], op: Op, consumers: list[str]) -> list[str] | None:
     r"""Fold ``op`` into every layer reading it: :math:`W (s x + c) + b = (W s) x + (W c + b)`.
 
-    Possible when every consumer is a Linear, or a Conv2d without padding (zero padding
-    of :math:`s x + c` would pad with :math:`c`, not 0) or with :math:`c = 0`. Returns the
-    consumers' names, or ``None`` (and changes nothing) when it is not possible.
+    Possible when every consumer is a Linear or a Conv2d. A zero-padded Conv2d pads
+    :math:`s x + c` with 0, not with :math:`c`: there :math:`W c` becomes a bias *map*
+    (:func:`conv_offset`), exact at the border. Returns the consumers' names, or ``None``
+    (and changes nothing) when it is not possible.
     """
     if not consumers or "<output>" in consumers:
         return None
@@ -125,9 +211,9 @@ def _fold_forward(ops: dict[str, Op], op: Op, consumers: list[str]) -> list[str]
         w = c.attrs.get("weight")
         if c.kind == "dense" and len(op.shape) == 1:
             attrs = dict(c.attrs, weight=w * scale[None, :], bias=c.attrs["bias"] + w @ shift)
-        elif c.kind == "conv" and len(op.shape) == 3 and (tuple(c.attrs["padding"]) == (0, 0) or not shift.any()):
+        elif c.kind == "conv" and len(op.shape) == 3:
             attrs = dict(c.attrs, weight=w * scale[None, :, None, None],
-                         bias=c.attrs["bias"] + (w * shift[None, :, None, None]).sum(axis=(1, 2, 3)))
+                         bias=add_bias(c.attrs["bias"], conv_offset(c.attrs, op.shape, shift)))
         else:
             return None
         attrs["folded"] = list(c.attrs.get("folded", [])) + [op.source]
@@ -141,3 +227,31 @@ def check_ops(graph: TorchGraph) -> None:
     for op in graph.ops.values():
         if op.kind not in ("input", "dense", "conv", "act", "add", "avgpool", "flatten"):
             raise AssertionError(f"{op.label}: op kind {op.kind!r} left after the passes")
+
+
+def conv_offset(conv_attrs: dict, in_shape: tuple[int, ...], offset: np.ndarray) -> np.ndarray:
+    r"""What a constant per-channel input ``offset`` adds to a Conv2d's output: ``(C_out,)``
+    without padding, else the map ``(C_out, H_out, W_out)`` of :math:`W * \mathrm{pad}_0(c)`
+    (border outputs see fewer taps of the constant: the zeros of the padding are not
+    :math:`c`). Computed in float64."""
+    import torch
+
+    w = np.asarray(conv_attrs["weight"], np.float64)
+    offset = np.broadcast_to(np.asarray(offset, np.float64), (in_shape[0],))
+    if tuple(conv_attrs["padding"]) == (0, 0) or not offset.any():
+        return (w * offset[None, :, None, None]).sum(axis=(1, 2, 3))
+    constant = torch.from_numpy(np.broadcast_to(offset[:, None, None], in_shape).copy())[None]
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(constant, torch.from_numpy(w), None, tuple(conv_attrs["stride"]),
+                                         tuple(conv_attrs["padding"]))
+    return out[0].numpy()
+
+
+def add_bias(bias: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """``bias + delta`` where either may be a conv's per-channel vector or its map (C, H, W);
+    the result is a vector unless a map is involved."""
+    bias, delta = np.asarray(bias, np.float64), np.asarray(delta, np.float64)
+    if bias.ndim == 3 or delta.ndim == 3:
+        return (bias.reshape(-1, 1, 1) if bias.ndim == 1 else bias) + \
+            (delta.reshape(-1, 1, 1) if delta.ndim == 1 else delta)
+    return bias + delta

@@ -45,9 +45,7 @@ from typing import Any
 import numpy as np
 
 from fs_hw.convert import calibrate as cal
-from fs_hw.convert.converter import _select_code
-from fs_hw.convert.frontend import trace
-from fs_hw.convert.passes import check_ops, fold_affines, remove_identities
+from fs_hw.convert.converter import _select_code, canonical_graph
 from fs_hw.dynamics import simulate_fs
 from fs_hw.errors import ValidationError
 
@@ -59,17 +57,17 @@ class FSTwin:
 
     Parameters
     ----------
-    model, example_input, calibration_data :
+    model, example_input, calibration_data, input_normalization :
         As for :func:`~fs_hw.convert.from_torch`; calibration statistics are collected
         once, with the converter's own routine, so :meth:`alphas` returns the very
         :math:`\\alpha` values ``from_torch`` would choose.
     """
 
-    def __init__(self, model: Any, example_input: Any, calibration_data: Any, batch_size: int = 256):
-        graph = trace(model, example_input)
-        graph = remove_identities(graph)
-        graph, _ = fold_affines(graph)
-        check_ops(graph)
+    def __init__(self, model: Any, example_input: Any, calibration_data: Any, batch_size: int = 256,
+                 input_normalization: tuple[Any, Any] | None = None):
+        if example_input is None and calibration_data is not None:
+            example_input = next(iter(cal.batches(calibration_data, 2)), None)
+        graph, _ = canonical_graph(model, example_input, input_normalization)
         self.graph = graph
         self.acts = [op for op in graph.ops.values() if op.kind == "act"]
         self.relu_layers = [op.name for op in self.acts if op.attrs["function"] == "relu"]

@@ -35,9 +35,13 @@ FORMAT_NAME = "fs-hw-ir"
 # The newest version this package reads and writes. The writer writes the lowest version
 # that can state the network: 1 unless a node has ``step_weight`` (version 2), so files
 # without per-step weights stay readable by version-1 readers.
-FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
 STEP_WEIGHT_VERSION = 2
+# Version 3: conv2d bias maps (C_out, H_out, W_out) and the input normalisation (input
+# arrays mean/std). A version-2 reader would refuse either with a shape or key error that
+# does not say why; the version makes it say "unknown version 3" first.
+INPUT_UNITS_VERSION = 3
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 # Inflated bytes one `.fsnet` may hold in all (manifest and arrays): 128 Mi float64
@@ -82,6 +86,9 @@ def file_version(network: Network) -> int:
     file (ignoring the field would compute ``W y`` instead of the per-step sum), and the
     version is the one thing every reader checks before anything else.
     """
+    if any(getattr(node, "has_bias_map", False) or getattr(node, "mean", None) is not None
+           for node in network.nodes):
+        return INPUT_UNITS_VERSION
     if any(getattr(node, "step_weight", None) is not None for node in network.nodes):
         return STEP_WEIGHT_VERSION
     return 1
@@ -320,9 +327,16 @@ def _read_node(archive: SafeArchive, entry: Any, where: str, users: dict[str, st
             f"{where}: array 'step_weight' needs format version {STEP_WEIGHT_VERSION}, the file says "
             f"version {version} (a version-{version} reader would ignore it and compute something else)"
         )
+    if version < INPUT_UNITS_VERSION and cls is Input and refs:
+        raise FormatError(f"{where}: arrays {sorted(refs)} need format version {INPUT_UNITS_VERSION}, the file says "
+                          f"version {version}")
     for key in (*cls.array_fields, *cls.optional_array_fields):
         if key in refs:
             kwargs[key] = _read_array(archive, refs[key], f"{where}.{key}", users)
+    bias = kwargs.get("bias")
+    if bias is not None and bias.ndim == 3 and version < INPUT_UNITS_VERSION:
+        raise FormatError(f"{where}: a bias map of shape {bias.shape} needs format version {INPUT_UNITS_VERSION}, "
+                          f"the file says version {version}")
     if cls is Add:
         if len(inputs) < 2:
             raise FormatError(f"{where}: an add node has at least two inputs, file lists {len(inputs)}")

@@ -136,9 +136,17 @@ class Node:
 
 @dataclass(frozen=True, eq=False)
 class Input(Node):
+    """The sample. ``mean``/``std`` (optional, both or neither, shape ``(C,)`` or ``(1,)``)
+    record the normalisation ``(x - mean) / std`` the model was trained with. It is already
+    folded into the weights: the node delivers the sample in its raw units and readers compute
+    nothing with these; they say which units the samples must be fed in."""
+
     kind: ClassVar[str] = "input"
+    optional_array_fields: ClassVar[tuple[str, ...]] = ("mean", "std")
     shape: Shape = ()
     code: str | None = None
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -152,6 +160,24 @@ class Input(Node):
         object.__setattr__(self, "shape", shape)
         if self.code is not None and (not isinstance(self.code, str) or not self.code):
             raise ValidationError(self.label, "code", f"must name an FS code or be None, got {self.code!r}")
+        if (self.mean is None) != (self.std is None):
+            raise ValidationError(self.label, "mean/std", "must be given both or neither (the input normalisation)")
+        if self.mean is not None:
+            channels = shape[0]
+            for key in ("mean", "std"):
+                arr = _array(getattr(self, key), self.label, key, 1)
+                if arr.shape[0] not in (1, channels):
+                    raise ValidationError(self.label, key, f"has {arr.shape[0]} entries; the input has {channels} "
+                                          "channels (give one per channel, or one for all)")
+                object.__setattr__(self, key, arr)
+            bad = np.flatnonzero(~(self.std > 0))
+            if bad.size:
+                raise ValidationError(self.label, "std", f"must be > 0, got std[{bad[0]}] = {self.std[bad[0]]!r}")
+
+    @property
+    def normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(mean, std)`` the model's inputs were normalised with (folded), or None."""
+        return None if self.mean is None else (self.mean, self.std)
 
     def infer_shape(self, in_shapes: list[Shape]) -> Shape:
         return self.shape
@@ -262,7 +288,14 @@ class Conv2d(_Unary):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "weight", _array(self.weight, self.label, "weight", 4))
-        object.__setattr__(self, "bias", _array(self.bias, self.label, "bias", 1))
+        # A bias map (C_out, H_out, W_out) states exactly what a per-channel bias cannot: a
+        # constant input offset (input normalisation, a signed input code's shift) seen
+        # through zero padding differs at the border. Its H/W are checked in infer_shape.
+        try:
+            ndim = 3 if np.ndim(self.bias) == 3 else 1
+        except ValueError:  # ragged nesting: _array names it
+            ndim = 1
+        object.__setattr__(self, "bias", _array(self.bias, self.label, "bias", ndim))
         object.__setattr__(self, "stride", _pair(self.stride, self.label, "stride", 1))
         object.__setattr__(self, "padding", _pair(self.padding, self.label, "padding", 0))
         if self.bias.shape[0] != self.weight.shape[0]:
@@ -281,7 +314,18 @@ class Conv2d(_Unary):
         w = (shape[2] + 2 * self.padding[1] - kw) // self.stride[1] + 1
         if h < 1 or w < 1:
             raise ValidationError(self.label, "weight", f"kernel {kh}x{kw} larger than padded input {shape}")
+        if self.bias.ndim == 3 and self.bias.shape[1:] != (h, w):
+            raise ValidationError(self.label, "bias", f"is a map of shape {self.bias.shape}; the output is "
+                                  f"{(co, h, w)}, so a map must be {(co, h, w)} (or a vector ({co},))")
         return (co, h, w)
+
+    @property
+    def has_bias_map(self) -> bool:
+        return self.bias.ndim == 3
+
+    def bias_for_output(self) -> np.ndarray:
+        """The bias shaped to broadcast over one sample's output ``(C_out, H_out, W_out)``."""
+        return self.bias if self.bias.ndim == 3 else self.bias.reshape(-1, 1, 1)
 
 
 @dataclass(frozen=True, eq=False)

@@ -64,14 +64,17 @@ def _conv2d_numpy(node: Conv2d, x: np.ndarray, bias: bool, dtype: np.dtype, weig
     if dtype.kind in "iu":
         out = exact_conv(x, w, node.stride)
         if bias:
-            out += node.bias.astype(dtype, copy=False)[None, :, None, None]
+            out += node.bias_for_output().astype(dtype, copy=False)[None]
         return out
     windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
     # windows: (N, C_in, H_out, W_out, kh, kw) -> (N, H_out, W_out, C_out)
     out = np.tensordot(windows, w, axes=([1, 4, 5], [1, 2, 3]))
-    if bias:
+    if bias and not node.has_bias_map:
         out += node.bias.astype(dtype, copy=False)
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+    out = np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+    if bias and node.has_bias_map:
+        out += node.bias.astype(dtype, copy=False)[None]
+    return out
 
 
 #: float64 holds every integer below 2**53 exactly
@@ -132,10 +135,12 @@ def _conv2d_torch(node: Conv2d, x: np.ndarray, bias: bool, weight: np.ndarray) -
         out = torch.nn.functional.conv2d(
             torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)),
             torch.tensor(weight, dtype=torch.float64),
-            torch.tensor(node.bias, dtype=torch.float64) if bias else None,
+            torch.tensor(node.bias, dtype=torch.float64) if bias and not node.has_bias_map else None,
             stride=node.stride,
             padding=node.padding,
         )
+        if bias and node.has_bias_map:
+            out += torch.from_numpy(node.bias)[None]
     return out.numpy()
 
 

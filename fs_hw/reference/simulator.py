@@ -97,7 +97,8 @@ class _StepPlan:
     def bias_only(self, network: Network, node: Node, n: int, dtype: np.dtype) -> np.ndarray:
         """A step-weighted node's output with no spikes: its bias, broadcast (its chain has none)."""
         shape = network.shapes[node.name]
-        b = node.bias.astype(dtype).reshape(-1, *([1] * (len(shape) - 1)))  # type: ignore[attr-defined]
+        bias = node.bias  # type: ignore[attr-defined]
+        b = bias.astype(dtype) if bias.ndim == len(shape) else bias.astype(dtype).reshape(-1, *([1] * (len(shape) - 1)))
         return np.broadcast_to(b, (n, *shape)).copy()
 
     def apply(self, network: Network, node: Node, u: np.ndarray, t: int, library: str,
