@@ -78,6 +78,24 @@ def _conv(rng, K: int, rule: str = ">=") -> Network:
     return Network(nodes, {inp.name: inp, act.name: act}, {"scenario": "conv"})
 
 
+def _conv_bias_map(rng, K: int) -> Network:
+    """The conv scenario as a converter writes a normalised model: the first conv's bias is
+    a map (a constant input offset seen through zero padding differs at the border) and the
+    input records its normalisation."""
+    net = _conv(rng, K)
+    conv0 = net.by_name["conv0"]
+    border = np.zeros((1, 6, 6))
+    border[:, [0, -1], :] += 1
+    border[:, :, [0, -1]] += 1
+    bias_map = conv0.bias.reshape(-1, 1, 1) - 0.3 * border * rng.uniform(0.5, 1.5, (3, 1, 1))
+    nodes = tuple(
+        Input("x", (1, 6, 6), n.code, mean=np.array([0.25]), std=np.array([0.5])) if n.name == "x" else
+        Conv2d("conv0", "x", conv0.weight, bias_map, conv0.stride, conv0.padding) if n.name == "conv0" else n
+        for n in net.nodes
+    )
+    return Network(nodes, net.codes, {"scenario": "conv_bias_map"})
+
+
 def _residual(rng, K: int, rule: str = ">=") -> Network:
     inp, act = _input_code(K, rule), relu_code(2.0, K, rule=rule, name=f"relu_k{K}")
     nodes = (
@@ -118,7 +136,7 @@ def _all_codes() -> dict[str, FSCode]:
 
 
 def _scenario_names() -> list[str]:
-    names = ["mlp_relu_ge", "mlp_relu_gt", "conv", "residual"]
+    names = ["mlp_relu_ge", "mlp_relu_gt", "conv", "conv_bias_map", "residual"]
     names += [f"code:{name}" for name in _all_codes()]
     return names
 
@@ -135,6 +153,8 @@ def scenario(name: str, samples: int = 8, seed: int = 0) -> tuple[Network, np.nd
         net = _mlp(rng, relu_code(2.0, K_DEFAULT, ">", name="relu_k6"), K_DEFAULT, rule=">")
     elif name == "conv":
         net = _conv(rng, K_DEFAULT)
+    elif name == "conv_bias_map":
+        net = _conv_bias_map(rng, K_DEFAULT)
     elif name == "residual":
         net = _residual(rng, K_DEFAULT)
     elif name.startswith("code:") and name[5:] in _all_codes():

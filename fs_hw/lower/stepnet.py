@@ -168,9 +168,12 @@ def receiver_sums(step_net: StepNetwork, steps_of: Callable[[str], np.ndarray],
     for name, rec in step_net.receiver.items():
         node = step_net.network.by_name[name]
         pos, neg = row_sums(node, steps_of(name), step_net.windows[name])
-        b = bias_of(name)
-        pos = pos + np.where(b > 0, b, 0.0)
-        neg = neg + np.where(b < 0, -b, 0.0)
+        b = np.asarray(bias_of(name))
+        b_pos, b_neg = np.where(b > 0, b, 0.0), np.where(b < 0, -b, 0.0)
+        if b.ndim > 1:  # a conv's bias map: per channel, the largest over positions (a bound)
+            b_pos, b_neg = b_pos.reshape(len(b), -1).max(axis=1), b_neg.reshape(len(b), -1).max(axis=1)
+        pos = pos + b_pos
+        neg = neg + b_neg
         a = acc.setdefault(rec, [np.zeros_like(pos), np.zeros_like(neg)])
         a[0] = a[0] + pos
         a[1] = a[1] + neg
