@@ -112,7 +112,28 @@ def load_model(spec: str, trust_archive: bool = False) -> tuple[Any, str, dict]:
                           f"{spec!r} is neither a file nor a zoo model (known: {', '.join(ZOO)})")
 
 
+def _read_nir(args: argparse.Namespace) -> int:
+    """MODEL.nir: a compact NIR graph fs-hw wrote (backends/nir) back into an .fsnet, as it
+    was; nothing is traced or calibrated. The plugin is imported only here (the core never
+    imports NIR); other neuron kinds are refused by its reader, which says why."""
+    try:
+        from fs_hw_nir.compact import read_nir
+    except ImportError:
+        raise MissingDependencyError("reading a .nir file needs the NIR target: pip install -e backends/nir") from None
+    from fs_hw.ir import save_network
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise FormatError(f"{out}: exists; refusing to overwrite (pass --force)")
+    net = read_nir(args.model)
+    save_network(net, out, overwrite=args.force)
+    print(f"wrote {out}: read from NIR {args.model}, K={net.K}, {len(net.nodes)} nodes")
+    return 0
+
+
 def convert(args: argparse.Namespace) -> int:
+    if args.model.lower().endswith(".nir"):
+        return _read_nir(args)
     import torch
 
     from fs_hw.convert import AlphaPolicy, from_torch, trace

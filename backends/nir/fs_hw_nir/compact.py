@@ -8,7 +8,8 @@ IR node         NIR node
 ==============  ===========================================================================
 input           Input (the sample); with a code also an IF ``<input>::code`` after it
 dense           Affine (``weight``, ``bias``); per-step weights in ``fs_hw_step_weight``
-conv2d          Conv2d (stride, padding, dilation 1, groups 1); ``fs_hw_step_weight`` likewise
+conv2d          Conv2d (stride, padding, dilation 1, groups 1); ``fs_hw_step_weight`` likewise; a bias
+                map (C, H, W) in ``fs_hw_bias_map``, its per-channel mean as the Conv2d bias
 avgpool2d       AvgPool2d (kernel and stride; global pooling marked in the graph metadata)
 flatten         Flatten (``start_dim 0, end_dim -1`` of a sample)
 add             Scale of ones with ``fs_hw_kind = "add"``: its incoming edges are summed
@@ -112,10 +113,14 @@ def build_compact(network: Network):
         elif isinstance(node, Dense):
             nodes[name] = nir.Affine(weight=node.weight, bias=node.bias, metadata=_weighted_meta(node, "dense"))
         elif isinstance(node, Conv2d):
+            meta = _weighted_meta(node, "conv2d")
+            bias = node.bias
+            if node.has_bias_map:  # NIR's bias is per channel: the map rides in metadata, its mean in the bias
+                meta["fs_hw_bias_map"] = node.bias
+                bias = node.bias.reshape(len(node.bias), -1).mean(axis=1)
             nodes[name] = nir.Conv2d(input_shape=np.array(shapes[node.input][1:]), weight=node.weight,
                                      stride=np.array(node.stride), padding=np.array(node.padding),
-                                     dilation=np.array([1, 1]), groups=1, bias=node.bias,
-                                     metadata=_weighted_meta(node, "conv2d"))
+                                     dilation=np.array([1, 1]), groups=1, bias=bias, metadata=meta)
         elif isinstance(node, AvgPool2d):
             (kh, kw), stride = node.window(shapes[node.input])
             if node.kernel is None:
@@ -279,8 +284,9 @@ def graph_to_network(graph, where: str = "NIR graph") -> Network:
             if isinstance(node.padding, str):
                 raise UnsupportedError(f"{where}: NIR node {name!r}: padding {node.padding!r}; fs-hw reads "
                                        "integer padding")
+            bias = meta.get("fs_hw_bias_map", node.bias)
             nodes[name] = Conv2d(name, source(name), np.asarray(node.weight, np.float64),
-                                 np.asarray(node.bias, np.float64), stride=_ints(node.stride),
+                                 np.asarray(bias, np.float64), stride=_ints(node.stride),
                                  padding=_ints(node.padding), step_weight=meta.get("fs_hw_step_weight"))
         elif kind == "AvgPool2d":
             if np.any(np.asarray(node.padding) != 0):

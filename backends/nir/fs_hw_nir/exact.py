@@ -160,7 +160,9 @@ def _weighted(b: _Builder, node: Node, src: str, chain: tuple[str, ...], receive
         prev = f"{src}{SEP}z{s}"
         for c in chain:
             prev = _chain_copy(b, f"{node.name}{SEP}s{s}{SEP}{c}", net.by_name[c], source_net.by_name[c], prev)
-        bias = node.bias if i == 0 else np.zeros_like(node.bias)  # type: ignore[attr-defined]
+        bias_map = isinstance(node, Conv2d) and node.has_bias_map
+        channels = node.weight.shape[0]  # type: ignore[attr-defined]
+        bias = node.bias if i == 0 and not bias_map else np.zeros(channels)  # type: ignore[attr-defined]
         w = f"{node.name}{SEP}s{s}"
         in_shape = net.shapes[node.input]  # type: ignore[attr-defined]
         if isinstance(node, Dense):
@@ -170,7 +172,21 @@ def _weighted(b: _Builder, node: Node, src: str, chain: tuple[str, ...], receive
         b.edge(prev, w)
         delay = b.add(f"{w}{SEP}delay", nir.Delay(delay=_full(net.shapes[node.name], span * K - s)))
         b.edge(w, delay)
+        if i == 0 and bias_map:
+            _bias_map(b, w, node.bias, delay)  # type: ignore[attr-defined]
         b.edge(delay, f"{receiver}{SEP}v0")
+
+
+def _bias_map(b: _Builder, carrier: str, bias: np.ndarray, into: str) -> None:
+    """A bias that differs per position (a map (C, H, W): NIR's Conv2d bias is per channel):
+    ``Scale(map)`` of a constant 1 made from a node of the same shape, ``[0 * x > -1/2]``,
+    which is 1 whatever the (finite) value x."""
+    shape = bias.shape
+    zero = b.add(f"{carrier}{SEP}zero", nir.Scale(scale=_full(shape, 0.0)))
+    one = b.add(f"{carrier}{SEP}one", nir.Threshold(threshold=_full(shape, -0.5)))
+    value = b.add(f"{carrier}{SEP}bias_map", nir.Scale(scale=np.asarray(bias, np.float64)))
+    for src, dst in ((carrier, zero), (zero, one), (one, value), (value, into)):
+        b.edge(src, dst)
 
 
 def _conv(node: Conv2d, weight: np.ndarray, bias: np.ndarray, in_shape: tuple[int, ...]) -> nir.Conv2d:

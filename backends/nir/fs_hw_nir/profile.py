@@ -109,7 +109,11 @@ def nir_grid(network: Network, weight_bits: int, input_scale: float) -> tuple[Ne
                               {"weight_bits": weight_bits, "input_scale": input_scale, "units": dict(info.units)})
     # the largest |partial sum| a receiver's membrane (or an Affine/Conv2d feeding it) can
     # reach: all its positive or all its negative terms, plus every reset of its code
-    sums = receiver_sums(steps, lambda n: rounded[n], bias)
+    def largest_bias(name: str) -> np.ndarray:  # per output channel; a bias map's largest entry
+        grid = np.abs(bias(name))
+        return grid.reshape(grid.shape[0], -1).max(axis=1) if grid.ndim == 3 else grid
+
+    sums = receiver_sums(steps, lambda n: rounded[n], largest_bias)
     for receiver, (pos, neg) in sums.items():
         node = int_net.by_name[receiver]
         resets = float(np.abs(int_net.code_of(node).h).sum()) if isinstance(node, FSActivation) else 0.0
