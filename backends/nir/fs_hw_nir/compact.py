@@ -7,21 +7,26 @@ exactly, because NIR has no FS neuron. The mapping (docs/nir.md):
 IR node         NIR node
 ==============  ===========================================================================
 input           Input (the sample); with a code also an IF ``<input>::code`` after it
-dense           Affine (``weight``, ``bias``); per-step weights in ``fs_hw_step_weight``
-conv2d          Conv2d (stride, padding, dilation 1, groups 1); ``fs_hw_step_weight`` likewise; a bias
-                map (C, H, W) in ``fs_hw_bias_map``, its per-channel mean as the Conv2d bias
-avgpool2d       AvgPool2d (kernel and stride; global pooling marked in the graph metadata)
+dense           Affine (``weight``, ``bias``)
+conv2d          Conv2d (stride, padding, dilation 1, groups 1); a bias map (C, H, W) gives its
+                per-channel mean as the Conv2d bias (the map itself: below)
+avgpool2d       AvgPool2d (kernel and stride; global pooling marked in the header)
 flatten         Flatten (``start_dim 0, end_dim -1`` of a sample)
-add             Scale of ones with ``fs_hw_kind = "add"``: its incoming edges are summed
+add             Scale of ones (named in the header's ``adds``): its incoming edges are summed
 fs              IF whose metadata holds the FS code: ``fs_code``, ``K``, ``T``, ``h``, ``d``,
-                ``rule`` (the IF's own ``v_threshold`` is ``T(0)``, ``r`` 1, ``v_reset`` 0, for
-                tools that ignore the metadata: an approximation, not the FS neuron)
+                ``rule``, ``fs_hw_kind`` (the IF's own ``v_threshold`` is ``T(0)`` and ``r`` 1,
+                for tools that ignore the metadata: an approximation, not the FS neuron)
 readout         Output
 ==============  ===========================================================================
 
-The graph metadata ``fs_hw_compact`` (JSON) holds the node order, global poolings, the
-codes' provenance and the network's metadata, so that :func:`read_nir` gives back the
-network equal to the one written. :func:`read_nir` refuses any other neuron kind, naming
+The graph metadata holds the header ``fs_hw_compact`` (JSON: node order, adds, global
+poolings, input normalisation, the codes' provenance, the network's metadata) and the
+arrays no NIR node has a field for: ``fs_hw_step_weight::<node>`` (per-step weights) and
+``fs_hw_bias_map::<node>``. Only IF nodes carry node metadata, and IF nodes are written
+without ``v_reset`` (0 when absent): nir 1.0.4, which sinabs 3.1 and rockpool 3.1 need,
+takes metadata on neither Input, Output, Conv2d, Scale nor AvgPool2d and knows no
+``v_reset``. So :func:`read_nir` gives back the network equal to the one written, and
+both nir 1.0.4 and 1.0.8 read the file. :func:`read_nir` refuses any other neuron kind, naming
 the node, its type and why it has no exact FS form.
 """
 
@@ -42,6 +47,8 @@ VERSION = 1
 METADATA_KEY = "fs_hw_compact"
 #: the IF node that runs a coded input's FS code is named after the input with this suffix
 CODE_SUFFIX = "::code"
+#: graph metadata keys (followed by the node's name) of the arrays no NIR node has a field for
+STEP_WEIGHT, BIAS_MAP = "fs_hw_step_weight::", "fs_hw_bias_map::"
 FS_MEANING = ("FS neuron (Stoeckl & Maass 2021), not an IF: v(0) = input; at step t = 0..K-1 it fires if "
               "v >= T[t] (rule '>=') or v > T[t] (rule '>'), adds d[t] to its output and subtracts h[t] from v; "
               "its output y = sum_t d[t] z[t] is what the next node reads (see fs-hw docs/nir.md)")
@@ -80,8 +87,19 @@ def _fs_metadata(code: FSCode, kind: str) -> dict[str, Any]:
 
 
 def _if_node(nir, code: FSCode, shape: tuple[int, ...], kind: str):
-    return nir.IF(r=np.ones(shape), v_threshold=np.full(shape, float(code.T[0])), v_reset=np.zeros(shape),
-                  metadata=_fs_metadata(code, kind))
+    class IFWithoutReset(nir.IF):
+        """An IF written without ``v_reset`` when it is 0 (nir 1.0.4 knows no v_reset; later
+        versions read its absence as 0); the file says type IF like any other."""
+
+        def to_dict(self):
+            out = super().to_dict()
+            out["type"] = "IF"
+            if not np.any(self.v_reset):
+                out.pop("v_reset", None)
+            return out
+
+    return IFWithoutReset(r=np.ones(shape), v_threshold=np.full(shape, float(code.T[0])), v_reset=np.zeros(shape),
+                          metadata=_fs_metadata(code, kind))
 
 
 def build_compact(network: Network):
@@ -91,17 +109,18 @@ def build_compact(network: Network):
     nodes: dict[str, Any] = {}
     edges: list[tuple[str, str]] = []
     out_of: dict[str, str] = {}  # IR node -> the NIR node its consumers read
-    global_pools = []
+    global_pools, adds = [], []
+    arrays: dict[str, np.ndarray] = {}  # graph metadata: the arrays no NIR node has a field for
+    normalisation = {}
     for node in network.order:
         name, shape = node.name, shapes[node.name]
         for src in node.inputs:
             edges.append((out_of[src], name))
         out_of[name] = name
         if isinstance(node, Input):
-            meta: dict[str, Any] = {"fs_hw_kind": "input"}
             if node.normalization is not None:
-                meta["fs_hw_mean"], meta["fs_hw_std"] = node.normalization
-            nodes[name] = nir.Input(input_type={"input": np.array(shape)}, metadata=meta)
+                normalisation = {"mean": [float(v) for v in node.mean], "std": [float(v) for v in node.std]}
+            nodes[name] = nir.Input(input_type={"input": np.array(shape)})
             if node.code is not None:
                 coded = name + CODE_SUFFIX
                 if coded in network.by_name:
@@ -111,16 +130,17 @@ def build_compact(network: Network):
                 edges.append((name, coded))
                 out_of[name] = coded
         elif isinstance(node, Dense):
-            nodes[name] = nir.Affine(weight=node.weight, bias=node.bias, metadata=_weighted_meta(node, "dense"))
+            _step_weight(node, arrays)
+            nodes[name] = nir.Affine(weight=node.weight, bias=node.bias)
         elif isinstance(node, Conv2d):
-            meta = _weighted_meta(node, "conv2d")
+            _step_weight(node, arrays)
             bias = node.bias
-            if node.has_bias_map:  # NIR's bias is per channel: the map rides in metadata, its mean in the bias
-                meta["fs_hw_bias_map"] = node.bias
+            if node.has_bias_map:  # NIR's bias is per channel: the map rides in the graph metadata
+                arrays[f"{BIAS_MAP}{name}"] = node.bias
                 bias = node.bias.reshape(len(node.bias), -1).mean(axis=1)
             nodes[name] = nir.Conv2d(input_shape=np.array(shapes[node.input][1:]), weight=node.weight,
                                      stride=np.array(node.stride), padding=np.array(node.padding),
-                                     dilation=np.array([1, 1]), groups=1, bias=bias, metadata=meta)
+                                     dilation=np.array([1, 1]), groups=1, bias=bias)
         elif isinstance(node, AvgPool2d):
             (kh, kw), stride = node.window(shapes[node.input])
             if node.kernel is None:
@@ -128,30 +148,30 @@ def build_compact(network: Network):
             nodes[name] = nir.AvgPool2d(kernel_size=np.array([kh, kw]), stride=np.array(stride),
                                         padding=np.array([0, 0]))
         elif isinstance(node, Flatten):
-            nodes[name] = nir.Flatten(input_type={"input": np.array(shapes[node.input])}, start_dim=0, end_dim=-1,
-                                      metadata={"fs_hw_kind": "flatten"})
+            nodes[name] = nir.Flatten(input_type={"input": np.array(shapes[node.input])}, start_dim=0, end_dim=-1)
         elif isinstance(node, Add):
-            nodes[name] = nir.Scale(scale=np.ones(shape), metadata={"fs_hw_kind": "add"})
+            adds.append(name)
+            nodes[name] = nir.Scale(scale=np.ones(shape))
         elif isinstance(node, FSActivation):
             nodes[name] = _if_node(nir, network.code_of(node), shape, "fs")
         elif isinstance(node, Readout):
-            nodes[name] = nir.Output(output_type={"output": np.array(shape)}, metadata={"fs_hw_kind": "readout"})
+            nodes[name] = nir.Output(output_type={"output": np.array(shape)})
         else:
             raise UnsupportedError(f"{node.label}: no compact NIR form for node kind {node.kind!r}")
     header = {
         "format": FORMAT, "version": VERSION, "K": network.K,
-        "node_order": [n.name for n in network.nodes], "global_pools": global_pools,
+        "node_order": [n.name for n in network.nodes], "global_pools": global_pools, "adds": adds,
+        "input_normalisation": normalisation,
         "provenance": {c.name: c.to_dict()["provenance"] for c in network.codes.values()},
         "network_metadata": network.metadata,
     }
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata={METADATA_KEY: json.dumps(header)}, type_check=False)
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata={METADATA_KEY: json.dumps(header), **arrays},
+                        type_check=False)
 
 
-def _weighted_meta(node: Dense | Conv2d, kind: str) -> dict[str, Any]:
-    meta: dict[str, Any] = {"fs_hw_kind": kind}
+def _step_weight(node: Dense | Conv2d, arrays: dict[str, np.ndarray]) -> None:
     if node.step_weight is not None:
-        meta["fs_hw_step_weight"] = node.step_weight
-    return meta
+        arrays[f"{STEP_WEIGHT}{node.name}"] = node.step_weight
 
 
 # -- import -------------------------------------------------------------------------------
@@ -162,7 +182,7 @@ def read_nir(path: str | Path) -> Network:
 
     Refused, naming the node, its type and why: any neuron other than an IF carrying the FS
     tables, stateless spikes and delays (an unrolled graph), nested graphs, and a node
-    other than an add (Scale 1, ``fs_hw_kind = "add"``) with several inputs.
+    other than an add (a Scale the header names in ``adds``) with several inputs.
     """
     nir = _nir()
     path = Path(path)
@@ -222,6 +242,8 @@ def graph_to_network(graph, where: str = "NIR graph") -> Network:
             raise FormatError(f"{where}: edge {src!r} -> {dst!r} names a node the graph does not have")
         preds[dst].append(src)
         succs[src].append(dst)
+    adds = set(header.get("adds", []))
+    graph_meta = dict(graph.metadata or {})
     for name, kind in kinds.items():
         meta = _meta(graph.nodes[name])
         fs_if = kind == "IF" and "fs_code" in meta
@@ -229,12 +251,12 @@ def graph_to_network(graph, where: str = "NIR graph") -> Network:
             raise UnsupportedError(f"{where}: NIR node {name!r} is a {kind}; fs-hw imports FS networks only (Affine, "
                                    f"Conv2d, AvgPool2d, Flatten, IF with FS metadata, as fs-hw writes them): "
                                    f"{_WHY_NOT.get(kind, 'it has no exact FS form')}")
-        if kind == "Scale" and meta.get("fs_hw_kind") != "add":
-            raise UnsupportedError(f"{where}: NIR node {name!r} is a Scale without fs_hw_kind 'add': fs-hw has no "
-                                   "elementwise scaling node (fold it into the weights before export)")
+        if kind == "Scale" and name not in adds:
+            raise UnsupportedError(f"{where}: NIR node {name!r} is a Scale that the fs-hw header does not name as an "
+                                   "add: fs-hw has no elementwise scaling node (fold it into the weights)")
         if len(preds[name]) > 1 and kind != "Scale":
             raise UnsupportedError(f"{where}: NIR node {name!r} ({kind}) sums {len(preds[name])} incoming edges; fs-hw "
-                                   "reads sums only as add nodes (Scale of ones with fs_hw_kind 'add')")
+                                   "reads sums only as add nodes (a Scale of ones named in the header's adds)")
         if kind != "Input" and not preds[name]:
             raise FormatError(f"{where}: NIR node {name!r} ({kind}) has no incoming edge")
     provenance = header.get("provenance", {})
@@ -272,11 +294,11 @@ def graph_to_network(graph, where: str = "NIR graph") -> Network:
                                                                                  .get("fs_code")), where)
                 code = add_code(c, coded[0])
             shape = tuple(int(s) for s in np.atleast_1d(node.input_type["input"]))
-            mean, std = meta.get("fs_hw_mean"), meta.get("fs_hw_std")
-            nodes[name] = Input(name, shape, code, mean, std)
+            norm = header.get("input_normalisation") or {}
+            nodes[name] = Input(name, shape, code, norm.get("mean"), norm.get("std"))
         elif kind == "Affine":
             nodes[name] = Dense(name, source(name), np.asarray(node.weight, np.float64),
-                                np.asarray(node.bias, np.float64), step_weight=meta.get("fs_hw_step_weight"))
+                                np.asarray(node.bias, np.float64), step_weight=graph_meta.get(STEP_WEIGHT + name))
         elif kind == "Conv2d":
             if int(np.max(node.groups)) != 1 or np.any(np.asarray(node.dilation) != 1):
                 raise UnsupportedError(f"{where}: NIR node {name!r}: Conv2d with groups {node.groups!r} or dilation "
@@ -284,10 +306,10 @@ def graph_to_network(graph, where: str = "NIR graph") -> Network:
             if isinstance(node.padding, str):
                 raise UnsupportedError(f"{where}: NIR node {name!r}: padding {node.padding!r}; fs-hw reads "
                                        "integer padding")
-            bias = meta.get("fs_hw_bias_map", node.bias)
+            bias = graph_meta.get(BIAS_MAP + name, node.bias)
             nodes[name] = Conv2d(name, source(name), np.asarray(node.weight, np.float64),
                                  np.asarray(bias, np.float64), stride=_ints(node.stride),
-                                 padding=_ints(node.padding), step_weight=meta.get("fs_hw_step_weight"))
+                                 padding=_ints(node.padding), step_weight=graph_meta.get(STEP_WEIGHT + name))
         elif kind == "AvgPool2d":
             if np.any(np.asarray(node.padding) != 0):
                 raise UnsupportedError(f"{where}: NIR node {name!r}: AvgPool2d with padding {node.padding!r}; "

@@ -93,8 +93,8 @@ def build_exact(network: Network, info: GridInfo) -> ExactGraph:
             spiking.append(_cells(b, node, stages[node.name], shapes[node.name]))
         elif isinstance(node, Readout):
             b.add(f"{node.name}{SEP}v0", nir.Scale(scale=_full(shapes[node.name], 1.0)))
-            b.add(node.name, nir.Output(output_type={"output": np.array(shapes[node.name])},
-                                        metadata={"fs_hw_node": node.name, "decision_tick": readout_tick}))
+            # no metadata on Output: nir 1.0.4 (sinabs, rockpool) refuses it there; the plan has the tick
+            b.add(node.name, nir.Output(output_type={"output": np.array(shapes[node.name])}))
             b.edge(f"{node.name}{SEP}v0", node.name)
     for name, (src, chain) in net.step_sources.items():
         _weighted(b, net.by_name[name], src, chain, info.steps.receiver[name], source_net)
