@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,6 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="fashion-mnist", help="data set for calibration (default fashion-mnist)")
     p.add_argument("--evaluate", type=int, default=0, metavar="N",
                    help="also measure ANN and FS accuracy on the first N test images and record them")
+    p.add_argument("--normalization", default=None, metavar="PRESET",
+                   help="the model was trained on normalised inputs of this data set: "
+                   "fashion-mnist, mnist or cifar10 (mean/std of the usual recipes)")
+    p.add_argument("--input-mean", default=None, metavar="M[,M...]",
+                   help="the model was trained on (x - mean) / std: the mean, one or one per channel")
+    p.add_argument("--input-std", default=None, metavar="S[,S...]", help="the std to --input-mean")
+    p.add_argument("--search", action="store_true",
+                   help="choose K and the ReLU scales on held-out training images (calibrating once): the fewest "
+                   "spikes within --loss-budget; prints the frontier and writes OUT.search.png")
+    p.add_argument("--loss-budget", type=float, default=0.1, metavar="POINTS",
+                   help="accuracy loss against the ANN allowed by --search, in points (default 0.1)")
+    p.add_argument("--validation", type=int, default=2000, metavar="N",
+                   help="validation images for --search, from the train split, disjoint from the calibration "
+                   "images (default 2000); the test split is never used to choose")
+    p.add_argument("--search-K", default=None, metavar="K,K...", help="Ks the search tries (default 4,5,6,8)")
+    p.add_argument("--search-policies", default=None, metavar="P,P...",
+                   help="alpha policies the search tries (default percentile:99.9,percentile:99.99)")
+    p.add_argument("--search-scales", default=None, metavar="S,S...",
+                   help="factors on every alpha the search tries (default 1,2: 2 is one bit coarser)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration sample (default 0)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--trust-archive", action="store_true",
@@ -131,14 +149,39 @@ def _read_nir(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValidationError("fs-convert", flag, f"must be numbers separated by commas, got {text!r}") from None
+    return values
+
+
+def _search_space(args: argparse.Namespace) -> Any:
+    from fs_hw.convert import SearchSpace
+
+    default = SearchSpace()
+    try:
+        Ks = default.Ks if args.search_K is None else tuple(int(k) for k in args.search_K.split(","))
+    except ValueError:
+        raise ValidationError("fs-convert", "--search-K", f"must be integers separated by commas, got "
+                              f"{args.search_K!r}") from None
+    policies = default.policies if args.search_policies is None else tuple(args.search_policies.split(","))
+    scales = default.scales if args.search_scales is None else _floats(args.search_scales, "--search-scales")
+    return SearchSpace(Ks, policies, scales)
+
+
 def convert(args: argparse.Namespace) -> int:
     if args.model.lower().endswith(".nir"):
         return _read_nir(args)
     import torch
 
-    from fs_hw.convert import AlphaPolicy, from_torch, trace
+    from fs_hw.convert import AlphaPolicy
+    from fs_hw.convert import convert as convert_model
+    from fs_hw.convert.api import normalization_from_args
     from fs_hw.ir import save_network
-    from fs_hw.reference.simulator import run_reference
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     AlphaPolicy.parse(args.alpha_policy, "--alpha-policy")
@@ -149,42 +192,69 @@ def convert(args: argparse.Namespace) -> int:
         raise ValidationError("fs-convert", "--calibration", f"must be >= 1, got {args.calibration}")
     if args.evaluate < 0:
         raise ValidationError("fs-convert", "--evaluate", f"must be >= 0, got {args.evaluate}")
+    if args.validation < 1:
+        raise ValidationError("fs-convert", "--validation", f"must be >= 1, got {args.validation}")
+    normalization = normalization_from_args(args.normalization, _floats(args.input_mean, "--input-mean"),
+                                            _floats(args.input_std, "--input-std"))
+    space = _search_space(args) if args.search else None
     model, model_name, meta = load_model(args.model, getattr(args, "trust_archive", False))
     if meta.get("dataset", args.dataset) != args.dataset:
         print(f"fs-convert: note: {model_name} was trained on {meta['dataset']}, calibrating on {args.dataset}",
               file=sys.stderr)
-    train, _ = load_dataset(args.dataset, "train")
-    n = min(args.calibration, len(train))
-    idx = np.sort(np.random.default_rng(args.seed).choice(len(train), n, replace=False))
-    calib = train[idx]
-    meta.update({"model": model_name, "dataset": args.dataset})
-    t0 = time.perf_counter()
-    net = from_torch(
-        model, None if not isinstance(model, torch.nn.Module) else calib[:2], calib,
-        K=args.K, alpha_policy=args.alpha_policy, half_step=not args.no_half_step,
-        input_code=None if args.input_code == "analog" else args.input_code,
-        name=model_name, metadata=meta,
-    )
-    seconds = time.perf_counter() - t0
+    train_x, train_y = load_dataset(args.dataset, "train")
+    n = min(args.calibration, len(train_x))
+    order = np.random.default_rng(args.seed).permutation(len(train_x))
+    calib_idx = np.sort(order[:n])
+    validation = None
+    if space is not None:
+        # held out from the training split, disjoint from the calibration samples; never the test split
+        val_idx = np.sort(order[n:n + args.validation])
+        if len(val_idx) == 0:
+            raise ValidationError("fs-convert", "--validation", f"no training samples left after {n} calibration "
+                                  f"samples ({len(train_x)} in the split)")
+        validation = (train_x[val_idx], train_y[val_idx])
+    test = None
     if args.evaluate:
         x, y = load_dataset(args.dataset, "test")
-        x, y = x[: args.evaluate], y[: args.evaluate]
-        graph = trace(model, calib[:2] if isinstance(model, torch.nn.Module) else None)
-        with torch.no_grad():
-            ann = np.concatenate([graph.run(torch.from_numpy(x[i:i + 500]), dtype=torch.float32)[0].argmax(1).numpy()
-                                  for i in range(0, len(x), 500)])
-        fs = run_reference(net, x, "fast", batch_size=250, library="torch")
-        ann_acc, fs_acc = float(np.mean(ann == y)), float(np.mean(fs.predictions == y))
-        spn = fs.spikes_per_neuron(input_name=net.input.name)
-        meta_eval = {"samples": len(x), "split": "test", "ann_accuracy": ann_acc, "fs_accuracy": fs_acc,
-                     "spikes_per_neuron": spn}
-        net = net.replace(metadata={**net.metadata, "evaluation": meta_eval})
-        print(f"accuracy on {len(x)} test images: ANN {ann_acc:.4f}, FS {fs_acc:.4f} "
-              f"({100 * (fs_acc - ann_acc):+.2f} points), {spn:.3f} spikes per neuron")
+        test = (x[: args.evaluate], y[: args.evaluate])
+    meta.update({"model": model_name, "dataset": args.dataset})
+    if normalization is not None:
+        print(f"input normalisation (x - {list(normalization[0])}) / {list(normalization[1])}: folded; the "
+              f"network takes raw {args.dataset} pixels in [0, 1]")
+
+    def progress(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    result = convert_model(
+        model, train_x[calib_idx], K=args.K, alpha_policy=args.alpha_policy, half_step=not args.no_half_step,
+        input_code=None if args.input_code == "analog" else args.input_code, input_normalization=normalization,
+        search=space, validation=validation, loss_budget=args.loss_budget, test=test, name=model_name,
+        metadata=meta, progress=progress)
+    net = result.network
+    for text in result.warnings:
+        print(f"fs-convert: warning: {text}", file=sys.stderr)
+    if result.search is not None:
+        print(f"operating points on {result.search.validation_samples} validation images (training split, not "
+              f"used for calibration); ANN {100 * result.search.ann_val_accuracy:.2f}%:")
+        print(result.search.table())
+        print(f"chosen by the rule: {result.search.rule}")
+        plot = out.with_name(out.name + ".search.png")
+        try:
+            result.search.plot(plot)
+            print(f"plot: {plot}")
+        except ImportError:
+            print("fs-convert: note: matplotlib is not installed; no plot", file=sys.stderr)
+    if result.evaluation is not None:
+        e = result.evaluation
+        print(f"accuracy on {e['samples']} test images: ANN {e['ann_accuracy']:.4f}, FS {e['fs_accuracy']:.4f} "
+              f"({100 * (e['fs_accuracy'] - e['ann_accuracy']):+.2f} points), {e['spikes_per_neuron']:.3f} "
+              "spikes per neuron")
     save_network(net, out, overwrite=args.force)
     fs_layers = len(net.metadata["conversion"]["layers"])
+    seconds = sum(result.seconds.get(k, 0.0) for k in ("calibration", "search", "conversion"))
     print(f"wrote {out}: {model_name}, K={net.K}, {fs_layers} FS layers, alpha policy "
-          f"{net.metadata['conversion']['alpha_policy']}, {n} calibration images, {seconds:.1f} s")
+          f"{net.metadata['conversion']['alpha_policy'] if result.search is None else 'chosen by the search'}, "
+          f"{n} calibration images, {seconds:.1f} s")
     return 0
 
 

@@ -77,6 +77,7 @@ def from_torch(
     codes: Mapping[str, FSCode] | None = None,
     relu_rule: str = ">=",
     input_normalization: tuple[Any, Any] | None = None,
+    calibration_stats: tuple[Mapping[str, Any], tuple[float, float], int] | None = None,
     batch_size: int = 256,
     name: str | None = None,
     metadata: Mapping[str, Any] | None = None,
@@ -129,6 +130,10 @@ def from_torch(
         (exactly, zero-padded convs included: a bias map) and recorded on the IR's input
         node; the converted network takes raw samples. A normalisation module at the front of
         the model is folded and recorded the same way.
+    calibration_stats : (stats, data range, samples), optional
+        Statistics already collected on the calibration data by the same canonical graph
+        (:class:`~fs_hw.convert.search.FSTwin` keeps them): they are used instead of
+        running the calibration again (``calibration_data`` is then not read).
     batch_size : int
         Calibration batch size.
     name, metadata :
@@ -181,7 +186,9 @@ def from_torch(
     stats: dict[str, cal.LayerStats] = {}
     data_range = None
     n_calib = 0
-    if calibration_data is not None:
+    if calibration_stats is not None:
+        stats, data_range, n_calib = dict(calibration_stats[0]), calibration_stats[1], calibration_stats[2]
+    elif calibration_data is not None:
         stats, data_range, n_calib = cal.collect(graph, calibration_data, ranges, relu_ops, batch_size)
     elif needs_data or (input_code is not None and input_range is None):
         raise ValidationError("from_torch", "calibration_data",

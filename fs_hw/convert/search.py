@@ -75,6 +75,7 @@ class FSTwin:
         self.neurons = {op.name: int(np.prod(op.shape)) for op in self.acts}
         self.stats, data_range, self.calibration_samples = cal.collect(
             graph, calibration_data, {op.name: None for op in self.acts}, set(self.relu_layers), batch_size)
+        self.data_range = data_range
         self.input_range = (min(0.0, data_range[0]), data_range[1])
         self._luts: dict[int, Any] = {}
 
@@ -116,10 +117,12 @@ class FSTwin:
         return c
 
     def run(self, x: Any, K: int, alphas: Mapping[str, float], count_spikes: bool = True,
-            batch_size: int = 500, ann: bool = False) -> tuple[np.ndarray, dict[str, float]]:
+            batch_size: int = 500, ann: bool = False, input_range: tuple[float, float] | None = None,
+            ) -> tuple[np.ndarray, dict[str, float]]:
         """Logits ``(N, classes)`` and, per FS layer, the total spikes over all samples.
 
-        ``ann=True`` runs the ANN itself (float32) instead.
+        ``ann=True`` runs the ANN itself (float32) instead. ``input_range``: the range
+        the (rounding) input code spans, default the calibration data's.
         """
         import torch
 
@@ -127,11 +130,11 @@ class FSTwin:
         missing = set(self.relu_layers) - set(alphas)
         if missing and not ann:
             raise ValidationError("FSTwin.run", "alphas", f"no alpha for {sorted(missing)}")
-        lo, hi = self.input_range
+        lo, hi = self.input_range if input_range is None else input_range
         step = (hi - lo) / (2**K - 1)
         levels = 2**K - 1
         spikes = {op.name: 0.0 for op in self.acts}
-        tables = {fn: tuple(torch.as_tensor(getattr(c, k), dtype=torch.float32) for k in "Thd")
+        tables = {fn: tuple(torch.tensor(np.array(getattr(c, k)), dtype=torch.float32) for k in "Thd")
                   for fn, c in codes.items()}
 
         def act_fn(op, v):

@@ -140,7 +140,7 @@ def _conv2d_torch(node: Conv2d, x: np.ndarray, bias: bool, weight: np.ndarray) -
             padding=node.padding,
         )
         if bias and node.has_bias_map:
-            out += torch.from_numpy(node.bias)[None]
+            out += torch.tensor(node.bias, dtype=torch.float64)[None]
     return out.numpy()
 
 
