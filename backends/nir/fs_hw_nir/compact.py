@@ -248,8 +248,8 @@ def graph_to_network(graph, where: str = "NIR graph") -> Network:
         meta = _meta(graph.nodes[name])
         fs_if = kind == "IF" and "fs_code" in meta
         if kind not in ("Input", "Output", "Affine", "Conv2d", "AvgPool2d", "Flatten", "Scale") and not fs_if:
-            raise UnsupportedError(f"{where}: NIR node {name!r} is a {kind}; fs-hw imports FS networks only (Affine, "
-                                   f"Conv2d, AvgPool2d, Flatten, IF with FS metadata, as fs-hw writes them): "
+            raise UnsupportedError(f"{where}: NIR node {name!r} is a NIR {kind}; fs-hw imports FS networks only "
+                                   f"(Affine, Conv2d, AvgPool2d, Flatten, IF with FS metadata, as fs-hw writes them): "
                                    f"{_WHY_NOT.get(kind, 'it has no exact FS form')}")
         if kind == "Scale" and name not in adds:
             raise UnsupportedError(f"{where}: NIR node {name!r} is a Scale that the fs-hw header does not name as an "

@@ -59,7 +59,7 @@ class Interpreter:
         for name, kind in self.kind.items():
             if kind not in STATELESS:
                 raise UnsupportedError(
-                    f"NIR node {name!r} is a {kind}: this interpreter runs NIR's stateless nodes and delays only "
+                    f"NIR node {name!r} is a NIR {kind}: this interpreter runs NIR's stateless nodes and delays only "
                     f"({', '.join(STATELESS)}); a neuron with state needs an integration scheme NIR leaves to "
                     "each tool")
         self.preds: dict[str, list[str]] = {name: [] for name in self.nodes}
