@@ -125,7 +125,7 @@ def test_network_from_dataset_metadata_uses_its_test_split(tmp_path, capsys):
         pytest.skip(str(exc))
     from fs_hw.ir import load_network
 
-    net = load_network(__import__("fs_hw.cli", fromlist=["_example_path"])._example_path("fashion_mlp.fsnet"))
+    net = load_network(__import__("fs_hw.deploy", fromlist=["_example_path"])._example_path("fashion_mlp.fsnet"))
     renamed = net.replace(metadata={**net.metadata, "name": "my_mlp"})
     path = save_network(renamed, tmp_path / "mine.fsnet")
     report = tmp_path / "r.json"
@@ -171,16 +171,16 @@ def _flipping_reference(exactness):
 @pytest.mark.parametrize("exactness,code", [(None, 1), ({"spike_mismatch_fraction": 0.01}, 0),
                                             ({"spike_mismatch_fraction": 0.0}, 1)])
 def test_exit_status_follows_the_declared_exactness(monkeypatch, tmp_path, capsys, exactness, code):
-    import fs_hw.cli as cli
+    import fs_hw.deploy as deploy_api
 
-    monkeypatch.setattr(cli, "get_backend", lambda name: _flipping_reference(exactness))
+    monkeypatch.setattr(deploy_api, "get_backend", lambda name: _flipping_reference(exactness))
     report = tmp_path / "r.json"
     assert main(["--target", "reference", "--samples", "10", "--report", str(report)]) == code
     assert json.loads(report.read_text())["spike_mismatches"] == 1
 
 
 def test_ann_accuracy_from_fs_convert_evaluation():
-    from fs_hw.cli import _ann_accuracy
+    from fs_hw.deploy import _ann_accuracy
 
     # the zoo's whole-test-set figure wins; fs-convert --evaluate's block is the fallback
     assert _ann_accuracy({"ann_test_accuracy": 0.91, "evaluation": {"ann_accuracy": 0.5}}) == 0.91

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from fs_hw import cli, outputs
+from fs_hw import deploy as deploy_api  # the workflow fs-deploy calls: what a test patches
 from fs_hw.cli import main
 from fs_hw.errors import FormatError
 
@@ -153,7 +154,7 @@ def test_config_fifo_does_not_hang(tmp_path, capsys):
 
 def test_config_too_big(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
-    cfg.write_text("# " + "x" * cli.CONFIG_READ_LIMIT + "\n")
+    cfg.write_text("# " + "x" * deploy_api.CONFIG_READ_LIMIT + "\n")
     assert main([*QUICK, "--config", str(cfg)]) == 2
     assert "at most" in one_error_line(capsys)
 
@@ -207,7 +208,7 @@ def test_internal_error_exits_3_not_1(tmp_path, capsys, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("compare exploded\nsecond line")
 
-    monkeypatch.setattr(cli, "compare_runs", boom)
+    monkeypatch.setattr(deploy_api, "compare_runs", boom)
     report = tmp_path / "r.json"
     assert main([*QUICK, "--report", str(report)]) == 3
     line = one_error_line(capsys)
@@ -221,7 +222,8 @@ def test_internal_error_at_process_level(tmp_path):
     script = textwrap.dedent("""
         import sys
         from fs_hw import cli
-        cli.compare_runs = lambda *a, **k: 1 / 0
+        from fs_hw import deploy as deploy_api
+        deploy_api.compare_runs = lambda *a, **k: 1 / 0
         sys.exit(cli.main(sys.argv[1:]))
     """)
     proc = subprocess.run([sys.executable, "-c", script, *QUICK], capture_output=True, text=True,
@@ -236,7 +238,7 @@ def test_memory_error_is_one_line(capsys, monkeypatch):
     def oom(*args, **kwargs):
         raise MemoryError
 
-    monkeypatch.setattr(cli, "run_reference", oom)
+    monkeypatch.setattr(deploy_api, "run_reference", oom)
     assert main(QUICK) == 2
     assert "out of memory" in one_error_line(capsys)
 
@@ -282,7 +284,7 @@ def test_report_symlink_to_dev_null_is_refused(tmp_path, capsys, monkeypatch):
 
 def test_report_symlink_to_own_report_is_refused(tmp_path, capsys):
     real = tmp_path / "real.json"
-    real.write_text(json.dumps({cli.REPORT_MARKER: True}))
+    real.write_text(json.dumps({deploy_api.REPORT_MARKER: True}))
     link = tmp_path / "r.json"
     link.symlink_to(real)
     assert main([*QUICK, "--report", str(link)]) == 2
@@ -350,7 +352,7 @@ def test_locks_are_removed_after_success_and_failure(tmp_path, capsys, monkeypat
     exported = sorted(p.name for p in out.iterdir())
     assert exported == ["network.fsnet", "reference.json", "spikes_per_layer.png"]
     strict_json(out / "reference.json")
-    monkeypatch.setattr(cli, "compare_runs", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(deploy_api, "compare_runs", lambda *a, **k: 1 / 0)
     assert main([*QUICK, "--out", str(out), "--force", "--report", str(report)]) == 3
     capsys.readouterr()
     assert leftovers(tmp_path) == [] and leftovers(out) == []
@@ -473,7 +475,7 @@ def test_layer_with_zero_neurons_does_not_divide_by_zero():
         spike_counts = {"empty": np.zeros(2), "full": np.array([2.0, 6.0])}
 
     notes: list[str] = []
-    layers = cli._layer_stats(Result(), notes)
+    layers = deploy_api._layer_stats(Result(), notes)
     assert layers["empty"] == {"neurons": 0, "spikes_per_neuron": None}
     assert layers["full"]["spikes_per_neuron"] == pytest.approx(1.0)
     assert notes and "'empty' has no neurons" in notes[0]
