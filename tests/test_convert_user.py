@@ -110,3 +110,25 @@ def test_user_model_on_normalised_data_through_fs_convert_search_and_fs_deploy(t
     # chosen on validation images; on 1000 test images one image is 0.1 points, so the test
     # loss is allowed one point above the budget for sampling noise
     assert 100 * (evaluation["ann_accuracy"] - evaluation["fs_accuracy"]) <= budget + 1.0
+
+
+def test_signed_input_no_layer_can_absorb_is_refused_before_calibration(monkeypatch):
+    from fs_hw.convert import from_torch
+    from fs_hw.errors import UnsupportedError
+
+    class ReluFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(torch.relu(x)).flatten(1)
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("calibrated before refusing")
+
+    monkeypatch.setattr(cal, "collect", no_calibration)
+    x = torch.rand(50, 1, 8, 8) - 0.5
+    with pytest.raises(UnsupportedError, match=r"torch.relu 'relu' \(node 1 of 3, after the input 'x'\): the input "
+                                               r"range starts at -0.49\d+ < 0 and this layer reads the input directly"):
+        from_torch(ReluFirst().eval(), x[:2], x)

@@ -178,6 +178,8 @@ def from_torch(
     functions = sorted({op.attrs["function"] for op in acts})
     fitted = {fn: _select_code(fn, K, acts, graph, codes) for fn in functions if fn != "relu"}
 
+    _refuse_unabsorbable_shift_early(graph, input_code, input_range, calibration_data)
+
     # 5: calibration
     relu_ops = {op.name for op in acts if op.attrs["function"] == "relu"}
     needs_data = any(layer_policies.get(op.name, layer_policies.get(op.source, default_policy)).needs_data
@@ -293,6 +295,27 @@ def from_torch(
 
 
 # ---------------------------------------------------------------------------------------
+
+
+def _refuse_unabsorbable_shift_early(graph: TorchGraph, input_code: str | None, input_range: Any,
+                                     calibration_data: Any) -> None:
+    """Refuse before calibration a signed input that no layer can take the code's shift back
+    from (the input read directly by an activation or an add): the data's minimum decides."""
+    if input_code != "round":
+        return
+    try:
+        _fold_input_shift(graph, -1.0, graph.consumers(), {})
+        return  # every reader absorbs a shift
+    except UnsupportedError:
+        pass
+    if input_range is not None:
+        lo = float(np.asarray(input_range, np.float64).reshape(-1)[0])
+    elif isinstance(calibration_data, np.ndarray) or hasattr(calibration_data, "min"):
+        lo = float(calibration_data.min())
+    else:
+        return  # an iterable of batches: found during calibration
+    if lo < 0:
+        _fold_input_shift(graph, lo, graph.consumers(), {})
 
 
 def canonical_graph(model: Any, example_input: Any, input_normalization: tuple[Any, Any] | None = None,
