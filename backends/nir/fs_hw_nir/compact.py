@@ -160,6 +160,7 @@ def build_compact(network: Network):
             raise UnsupportedError(f"{node.label}: no compact NIR form for node kind {node.kind!r}")
     header = {
         "format": FORMAT, "version": VERSION, "K": network.K,
+        "edges": "identities; a node with several incoming edges receives their sum (the adds)",
         "node_order": [n.name for n in network.nodes], "global_pools": global_pools, "adds": adds,
         "input_normalisation": normalisation,
         "provenance": {c.name: c.to_dict()["provenance"] for c in network.codes.values()},

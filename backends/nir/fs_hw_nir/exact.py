@@ -105,6 +105,7 @@ def build_exact(network: Network, info: GridInfo) -> ExactGraph:
                                    "one weight per source step")
     plan = {
         "format": FORMAT, "version": VERSION, "K": K, "dt": "1 tick = 1 FS step",
+        "edges": "identities; a node with several incoming edges receives their sum",
         "ticks": readout_tick + 1,
         "input": {"node": net.input.name, "shape": list(net.input.shape), "scale": info.input_scale,
                   "rounding": "floor", "tick": 0},
