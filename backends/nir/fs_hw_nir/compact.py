@@ -32,6 +32,7 @@ the node, its type and why it has no exact FS form.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ import numpy as np
 
 from fs_hw.errors import FormatError, MissingDependencyError, UnsupportedError
 from fs_hw.ir import Add, AvgPool2d, Conv2d, Dense, Flatten, FSActivation, FSCode, Input, Network, Readout
+from fs_hw.ir.io import MAX_NETWORK_BYTES
 from fs_hw.ir.nodes import Node
 
 FORMAT = "fs-hw-nir-compact"
@@ -86,7 +88,8 @@ def _fs_metadata(code: FSCode, kind: str) -> dict[str, Any]:
             "fs_meaning": FS_MEANING}
 
 
-def _if_node(nir, code: FSCode, shape: tuple[int, ...], kind: str):
+@functools.cache
+def _if_without_reset(nir):
     class IFWithoutReset(nir.IF):
         """An IF written without ``v_reset`` when it is 0 (nir 1.0.4 knows no v_reset; later
         versions read its absence as 0); the file says type IF like any other."""
@@ -98,8 +101,12 @@ def _if_node(nir, code: FSCode, shape: tuple[int, ...], kind: str):
                 out.pop("v_reset", None)
             return out
 
-    return IFWithoutReset(r=np.ones(shape), v_threshold=np.full(shape, float(code.T[0])), v_reset=np.zeros(shape),
-                          metadata=_fs_metadata(code, kind))
+    return IFWithoutReset
+
+
+def _if_node(nir, code: FSCode, shape: tuple[int, ...], kind: str):
+    return _if_without_reset(nir)(r=np.ones(shape), v_threshold=np.full(shape, float(code.T[0])),
+                                  v_reset=np.zeros(shape), metadata=_fs_metadata(code, kind))
 
 
 def build_compact(network: Network):
@@ -189,11 +196,51 @@ def read_nir(path: str | Path) -> Network:
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: no such file")
+    check_file(path)
     try:
         graph = nir.read(path)
     except Exception as exc:  # h5py and nir raise many types on a malformed file
         raise FormatError(f"{path}: not a readable NIR file ({type(exc).__name__}: {exc})") from None
     return graph_to_network(graph, str(path))
+
+
+#: what a NIR file may hold before it is read: HDF5 objects, and bytes of array data once
+#: inflated (gzip can hide much data in a small file); the .fsnet reader's budget
+MAX_OBJECTS, MAX_DATA_BYTES = 200_000, MAX_NETWORK_BYTES
+
+
+def check_file(path: Path) -> None:
+    """Refuse, before nir.read loads anything, an HDF5 file that links to or stores data in
+    other files (external links and external storage would read files the user did not
+    name) or whose objects or inflated array data exceed the budget."""
+    import h5py
+
+    objects, data = 0, 0
+    try:
+        with h5py.File(path, "r") as f:
+            pending = [f]
+            while pending:
+                group = pending.pop()
+                for name in group:
+                    link = group.get(name, getlink=True)
+                    if not isinstance(link, h5py.HardLink):
+                        raise FormatError(f"{path}: {group.name}/{name} is a {type(link).__name__}; a NIR file "
+                                          "holds its own groups and arrays only")
+                    obj = group[name]
+                    objects += 1
+                    if isinstance(obj, h5py.Group):
+                        pending.append(obj)
+                        continue
+                    if obj.external:
+                        raise FormatError(f"{path}: {obj.name} stores its data in other files; refused")
+                    data += int(obj.size) * max(int(obj.dtype.itemsize), 1)
+                    if objects > MAX_OBJECTS or data > MAX_DATA_BYTES:
+                        raise FormatError(f"{path}: more than {MAX_OBJECTS} objects or {MAX_DATA_BYTES} bytes of "
+                                          "array data; refused")
+    except FormatError:
+        raise
+    except Exception as exc:  # h5py raises OSError, KeyError, ... on a malformed file
+        raise FormatError(f"{path}: not a readable NIR file ({type(exc).__name__}: {exc})") from None
 
 
 def _text(value: Any) -> Any:

@@ -324,3 +324,13 @@ def test_files_read_in_nir_104_with_the_same_content(tmp_path):
             assert kind_old == kind, node
             assert {k: v for k, v in fields.items() if k in fields_old} == fields_old, node
             assert meta_old == meta, node
+
+
+def test_read_nir_refuses_links_to_other_files(tmp_path):
+    import h5py
+
+    path = _write(build_compact(load_network(EXAMPLE)), tmp_path / "linked.nir")
+    with h5py.File(path, "a") as f:
+        f["node"]["outside"] = h5py.ExternalLink(str(tmp_path / "other.h5"), "/secret")
+    with pytest.raises(FormatError, match="ExternalLink"):
+        read_nir(path)
