@@ -183,8 +183,10 @@ def test_repr_for_notebooks():
     text = repr(report)
     assert text.startswith("DeployReport(reference, runner simulator, 2 samples, passed=True)")
     assert "spike mismatches" in text and "0 of" in text
+    report.notes.append("a <b>note</b> & more")
     html = report._repr_html_()
-    assert "<table>" in html and "accuracy (target)" in html and "&lt;" not in html.split("<table>")[0]
+    assert "<table>" in html and "accuracy (target)" in html
+    assert "a &lt;b&gt;note&lt;/b&gt; &amp; more" in html  # text is escaped, never markup
 
 
 def test_progress_false_prints_nothing(capsys):
