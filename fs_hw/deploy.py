@@ -70,6 +70,8 @@ CONFIG_READ_LIMIT = 1 << 20
 DEFAULT_BATCH_SIZE = 100
 #: Samples per call of the reference runs (memory bound, not a setting of the target).
 REFERENCE_BATCH_SIZE = 200
+#: the report's ``config`` when deploy() was given the settings as a mapping, not a file
+MAPPING_CONFIG = "(mapping given to deploy())"
 #: the deploy configs shipped with fs-hw (a source checkout); deploy() falls back to them
 SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "deploy_configs"
 
@@ -309,8 +311,12 @@ def plan_deploy(network: Network | str | os.PathLike | None, target: Any, *,
 def _config_from(config: Any, target: str) -> dict[str, Any]:
     """A path (TOML), a mapping (the TOML's contents) or None (the default lookup)."""
     if isinstance(config, Mapping):
+        # "_path" is what load_config adds: a mapping it returned keeps saying where it came from
         clean = {k: v for k, v in config.items() if k != "_path"}
         _check_config(clean, f"{target} config")
+        source = config.get("_path")
+        if source is not None or clean:
+            clean["_path"] = str(source) if source is not None else MAPPING_CONFIG
         return clean
     if config is None or isinstance(config, (str, os.PathLike)):
         return load_config(config, target)

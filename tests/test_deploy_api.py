@@ -101,7 +101,11 @@ def test_inputs_by_data_set_name(monkeypatch, tmp_path):
 
 def test_config_as_a_mapping():
     report = fs_hw.deploy(None, "reference", config={"samples": 2}, progress=False)
-    assert report.samples == 2
+    assert report.samples == 2 and report.config == "(mapping given to deploy())"
+    assert fs_hw.deploy(None, "reference", config={}, samples=1, progress=False).config is None  # defaults
+    # what load_config returns keeps naming its file
+    loaded = deploy_api.load_config(None, "reference")
+    assert fs_hw.deploy(None, "reference", config=loaded, samples=1, progress=False).config == loaded["_path"]
     with pytest.raises(ValidationError, match="bogus: unknown key"):
         fs_hw.deploy(None, "reference", config={"bogus": 1})
 
