@@ -11,7 +11,7 @@ from pathlib import Path
 import nir
 import numpy as np
 import pytest
-from fs_hw_nir.backend import EXACT_FILE, NIRBackend, graph_bytes
+from fs_hw_nir.backend import EXACT_FILE, NIRBackend, graph_bytes, grid_inputs
 from fs_hw_nir.compact import build_compact, graph_to_network, read_nir
 from fs_hw_nir.exact import METADATA_KEY, SEP
 from fs_hw_nir.interpret import Interpreter
@@ -60,6 +60,23 @@ def test_every_tick_schedule_equals_demand_schedule():
     for node, train in results["demand"].spike_trains.items():
         np.testing.assert_array_equal(train, results["every_tick"].spike_trains[node])
     np.testing.assert_array_equal(results["demand"].outputs, results["every_tick"].outputs)
+
+
+def test_input_held_at_every_tick_gives_the_same_spikes():
+    # a tool that presents the sample at every tick instead of tick 0 only: the input code
+    # reads its Input at tick 0 only, so nothing changes
+    net, x = conformance.scenario("residual", samples=3)
+    artifact = NIRBackend().lower(net, {})
+    graph = artifact.payload.exact.graph
+    plan = json.loads(graph.metadata[METADATA_KEY])
+    grid = grid_inputs(plan, x)
+    requests = [(c, graph.nodes[c].metadata["decision_tick"]) for e in plan["spiking"] for c in e["cells"]]
+    requests.append((plan["readout"]["node"], plan["readout"]["tick"]))
+    interpreter = Interpreter(graph)
+    once = interpreter.evaluate({"x": grid[:, None]}, requests)
+    held = interpreter.evaluate({"x": np.repeat(grid[:, None], plan["ticks"], axis=1)}, requests, "every_tick")
+    for request in requests:
+        np.testing.assert_array_equal(once[request], held[request])
 
 
 def test_bundled_example_exact_graph_equals_reference(tmp_path):
