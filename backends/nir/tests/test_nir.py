@@ -51,7 +51,7 @@ def test_conformance_scenarios_spike_for_spike(name):
 
 def test_every_tick_schedule_equals_demand_schedule():
     # a stepping simulator (every node at every tick, delays as histories) gets the same spikes
-    net, x = conformance.scenario("residual", samples=4)
+    net, x = conformance.scenario("residual", samples=2)
     backend = NIRBackend()
     results = {}
     for schedule in ("demand", "every_tick"):
@@ -286,8 +286,8 @@ def _deploy(tmp_path, *args):
 
 
 def test_fs_deploy_writes_both_graphs_and_compares(tmp_path):
-    code, out, report = _deploy(tmp_path, "--samples", "20")
-    assert code == 0 and report["spike_mismatches"] == 0 and report["spikes_compared"] == 20 * 8 * 100
+    code, out, report = _deploy(tmp_path, "--samples", "5")
+    assert code == 0 and report["spike_mismatches"] == 0 and report["spikes_compared"] == 5 * 8 * 100
     assert report["resources"]["nir_nodes"] == 89
     exact, compact = nir.read(out / "exact.nir"), nir.read(out / "compact.nir")
     assert {type(n).__name__ for n in exact.nodes.values()} <= EXACT_TYPES
