@@ -72,7 +72,7 @@ class _Builder:
         self.edges: list[tuple[str, str]] = []
 
     def add(self, name: str, node: nir.NIRNode) -> str:
-        if name in self.nodes:  # IR names never contain SEP-suffixed parts twice
+        if name in self.nodes:  # an IR node named like a generated one ("a::z0") would clash
             raise UnsupportedError(f"NIR export: two NIR nodes would be named {name!r}; rename the IR node")
         self.nodes[name] = node
         return name
