@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import html
-import inspect
 import json
 import math
 import os
 import stat
-import sys
 import time
 import tomllib
-import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -41,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from fs_hw._callable import make_callable
 from fs_hw.backend import FLOAT64, RunResult, choose_runner, get_backend, parse_target_config
 from fs_hw.conformance import compare_runs
 from fs_hw.errors import FormatError, ValidationError
@@ -876,14 +874,5 @@ def deploy(network: Network | str | os.PathLike | None, target: Any, *,
     return plan.run(progress=progress)
 
 
-class _CallableModule(types.ModuleType):
-    """``fs_hw.deploy`` is this module once it is imported (Python sets the submodule as the
-    package's attribute), so calling the module calls :func:`deploy`."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> DeployReport:
-        return deploy(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-# help() and inspect.signature(fs_hw.deploy) show the function's
-__signature__ = inspect.signature(deploy)
+# fs_hw.deploy(...) calls deploy() (the package's attribute is this module once imported)
+make_callable(__name__, deploy)

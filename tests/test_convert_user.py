@@ -132,3 +132,13 @@ def test_signed_input_no_layer_can_absorb_is_refused_before_calibration(monkeypa
     with pytest.raises(UnsupportedError, match=r"torch.relu 'relu' \(node 1 of 3, after the input 'x'\): the input "
                                                r"range starts at -0.49\d+ < 0 and this layer reads the input directly"):
         from_torch(ReluFirst().eval(), x[:2], x)
+
+
+def test_fs_hw_convert_is_callable_like_fs_hw_deploy():
+    import fs_hw
+
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4)).eval()
+    x = torch.rand(64, 1, 4, 4)
+    result = fs_hw.convert(model, x, K=6)
+    assert result.network.K == 6 and result.warnings == [] and callable(fs_hw.deploy)
