@@ -378,6 +378,24 @@ def _run_chunked(run: Callable[[np.ndarray], RunResult], inputs: np.ndarray, chu
     return concat_results(parts)
 
 
+def _input_units_note(network: Network, images: np.ndarray) -> str:
+    """Samples far outside the input code's range while the network records a folded
+    normalisation are most likely normalised already: the network takes raw samples."""
+    node = network.input
+    code = network.codes.get(node.code) if node.code else None
+    if node.normalization is None or code is None or code.provenance is None or not images.size:
+        return ""
+    lo, hi = code.provenance.x_range
+    a, b = float(images.min()), float(images.max())
+    slack = 0.5 * (hi - lo)
+    if lo - slack <= a and b <= hi + slack:
+        return ""
+    mean, std = node.normalization
+    return (f"inputs span [{a:.3g}, {b:.3g}], far outside the input code's range [{lo:.3g}, {hi:.3g}]: this "
+            f"network takes RAW samples (its normalisation (x - {mean.tolist()}) / {std.tolist()} is folded into "
+            "its first layers); feed unnormalised data")
+
+
 def _layer_stats(result, notes: list[str]) -> dict[str, dict[str, Any]]:
     layers: dict[str, dict[str, Any]] = {}
     for name, neurons in result.neurons.items():
@@ -423,6 +441,9 @@ def _execute(plan: DeployPlan, progress: bool) -> DeployReport:
         return None if labels is None else float(np.mean(r.predictions == labels))
 
     notes = list(artifact.notes)
+    units = _input_units_note(network, images)
+    if units:
+        notes.insert(0, units)
     if mapped_only:
         notes.insert(0, f"runner {runner!r} mapped the network but returned no spikes "
                         f"({result.info.get('why_no_spikes', 'no board')}): nothing compared; the accuracy "

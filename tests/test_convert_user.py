@@ -142,3 +142,17 @@ def test_fs_hw_convert_is_callable_like_fs_hw_deploy():
     x = torch.rand(64, 1, 4, 4)
     result = fs_hw.convert(model, x, K=6)
     assert result.network.K == 6 and result.warnings == [] and callable(fs_hw.deploy)
+
+
+def test_fs_deploy_says_when_a_normalised_network_is_fed_normalised_samples():
+    import fs_hw
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 16, 3)).eval()
+    raw = torch.rand(40, 1, 4, 4)
+    net = fs_hw.convert(model, raw, K=6, input_normalization=(0.5, 0.1)).network
+    right = fs_hw.deploy(net, "reference", inputs=raw.numpy(), progress=False)
+    assert not any("RAW samples" in n for n in right.notes)
+    wrong = fs_hw.deploy(net, "reference", inputs=((raw - 0.5) / 0.1).numpy(), progress=False)
+    assert any(n.startswith("inputs span [-4.99, 5], far outside the input code's range [0, 1]") and
+               "takes RAW samples (its normalisation (x - [0.5]) / [0.1] is folded" in n for n in wrong.notes)
