@@ -1,0 +1,656 @@
+r"""The fast mode at float32 speed, with float64's spikes: compute in float32, check, repair.
+
+The float64 fast mode (:func:`fs_hw.reference.simulator._run_fast`) defines the spikes.
+This module computes the same spikes, read-out values and predictions, bit for bit, with
+the linear maps in float32 (torch's oneDNN convolutions, float32 BLAS) plus a check:
+
+1. Every linear node that feeds an FS node is computed in float32, its values held in a
+   unit :math:`\sigma` (the grid step :math:`s = \alpha 2^{-K}` of the ReLU code it feeds,
+   folded into the weights, so the check needs no extra pass; 1 otherwise). A ReLU-coded
+   node passes on its integer level :math:`q` (exact in float32), not :math:`q s`.
+2. For every neuron a bound :math:`E` with :math:`|\sigma t_{32} - v_{64}| \le E` holds,
+   where :math:`t_{32}` is the float32 value and :math:`v_{64}` what the float64 fast mode
+   computes. Both approximate the exact real value :math:`v` of the same terms, so
+   :math:`E = e_{32} + e_{64}` with the a-priori bounds below, propagated node by node.
+3. An FS neuron is *decided* when its code gives the same spike train for every input in
+   :math:`[\sigma t_{32} - E, \sigma t_{32} + E]`; then its float64 spikes are those of
+   :math:`t_{32}`. For the ReLU code the trains change only at the grid points
+   :math:`k s`, :math:`1 \le k \le 2^K - 1` (:mod:`fs_hw.codes.relu`), so the test is
+   "no integer :math:`k` within :math:`E/s` of :math:`t`". For any other code, the train
+   of the interval's two ends is computed with :func:`fs_hw.dynamics.simulate_fs`: if
+   they are equal every point between has the same train, because with a fixed history
+   :math:`v(t)` is a non-decreasing function of the input (each step subtracts the same
+   :math:`h(t)`, and rounded subtraction is monotone), so each decision
+   :math:`[v(t) > T(t)]` is too, and by induction over :math:`t` the whole train is fixed.
+4. The other neurons (typically well under 1%) are recomputed in float64 from exactly
+   the values the float64 mode holds (their receptive fields gathered, one dot product
+   each), giving :math:`\tilde v` with :math:`|\tilde v - v_{64}| \le D`; they are
+   decided by the same interval test on :math:`[\tilde v - D, \tilde v + D]`. A neuron
+   still undecided lies within float64 rounding of a boundary, where the decision
+   depends on the order of the float64 sums: its layer is recomputed by the float64
+   mode's own kernels (``_full64``), which gives :math:`v_{64}` itself.
+5. Linear nodes that feed only the read-out are computed by the float64 mode's kernels
+   from the (identical) spikes, so read-out values and predictions are bit-identical.
+
+**The bounds.** :math:`u` is the unit roundoff (:math:`2^{-24}` for float32,
+:math:`2^{-53}` for float64), :math:`\gamma_n = nu/(1-nu)`. A sum of :math:`m` terms each
+computed with at most :math:`j` roundings, in any order, with or without FMA, has error
+at most :math:`\gamma_{m-1+j} \sum |\text{terms}|` (Higham, *Accuracy and Stability of
+Numerical Algorithms*, 2nd ed., Lemma 3.1 and eq. 3.5). Per node, with :math:`M` a bound
+on the exact :math:`|v|` of each input and :math:`e` the error of its computed value:
+
+* dense / conv2d with fan-in :math:`n`: :math:`M' = |W| M + |b|`;
+  :math:`e' = |W| e + \gamma_{n+4} (|W|(M + e) + |b|)` (float32: weights
+  :math:`W \sigma_{in}/\sigma` and bias rounded to float32, two roundings each, one per
+  product, :math:`n` additions); float64 the same with :math:`\gamma_{n+2}`;
+* add of :math:`k` operands: :math:`M' = \sum M_i`;
+  :math:`e' = \sum e_i + \gamma_{k+3} \sum (M_i + e_i)` (an operand in another unit is
+  multiplied by a rounded ratio);
+* average pooling over :math:`n` cells: :math:`M' = \mathrm{mean}\, M`,
+  :math:`e' = \mathrm{mean}\, e + \gamma_{n+3}\, \mathrm{mean}(M + e)`;
+* spiking nodes output exact table values: :math:`e = 0` for the ReLU levels
+  :math:`q`; a rounding of :math:`y` to float32 otherwise (:math:`e = u M`).
+
+The maps are computed per neuron (padding borders get smaller bounds) with the
+network's own kernels applied to :math:`|W|` and the bound maps, in float64, and
+multiplied by ``SLACK`` to cover the rounding of the bound computation itself. The
+check's own float32 arithmetic (clipping, adding :math:`E`, the fractional part) adds
+at most a few roundings of numbers below :math:`2^K + 1`, covered by
+``8 u (2^K + 2)``. In the recomputation, :math:`\tilde v` and :math:`v_{64}` are sums of
+the same exact terms, so :math:`D = 2\gamma_{n+2}(|W||y| + |b|)` per neuron, with the
+actual gathered :math:`y` (no a-priori :math:`M`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fs_hw.backend import RunResult
+from fs_hw.codes.relu import _POPCOUNT16, relu_closed_form
+from fs_hw.dynamics import simulate_fs
+from fs_hw.ir.network import Network
+from fs_hw.ir.nodes import Add, AvgPool2d, Conv2d, Dense, Flatten, FSActivation, Input
+from fs_hw.reference.ops import apply_linear
+
+U32 = 2.0**-24
+U64 = 2.0**-53
+#: covers the float64 rounding of the bound computations themselves (relative ~1e-13 at most)
+SLACK = 1.0 + 2.0**-20
+#: samples per internal chunk: keeps a layer's float32 activations in cache for the
+#: elementwise passes (the benchmark's batch of 256 is four of them)
+CHUNK = 64
+
+
+def gamma(n: int, u: float) -> float:
+    return n * u / (1.0 - n * u)
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def supported(network: Network, profile, record: bool) -> bool:
+    """Whether this path applies: float profile, no per-step weights, torch installed."""
+    if np.dtype(profile.dtype).kind != "f" or np.dtype(profile.dtype) != np.float64:
+        return False
+    if network.step_sources:
+        return False
+    try:
+        _torch()
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class _Code:
+    name: str
+    tables: object  # simulator._Tables
+    grid: float | None
+    levels: int
+
+
+class Plan:
+    """What the float32 path needs for one network and one input range, computed once."""
+
+    def __init__(self, network: Network, tables: dict, x_abs_max: float, library: str):
+        torch = _torch()
+        self.net = network
+        self.tables = tables
+        self.library = library
+        order = network.order
+        spiking = {n.name for n in network.spiking_nodes()}
+        # nodes computed in float32: linear nodes from which an FS node is reachable
+        # through linear nodes only; the rest of the linear nodes feed only the read-out
+        self.f32: set[str] = set()
+        for node in reversed(order):
+            if node.linear and any(
+                isinstance(network.by_name[c], FSActivation) or c in self.f32
+                for c in network.consumers[node.name]
+            ):
+                self.f32.add(node.name)
+        self.codes: dict[str, _Code] = {}
+        for node in order:
+            if node.name in spiking:
+                tab = tables[node.code]
+                self.codes[node.name] = _Code(node.code, tab, tab.grid, 2 ** tab.code.K - 1)
+        # units sigma: a ReLU code's levels are in its grid; a float32 linear node takes
+        # the grid of the ReLU-coded FS node it alone feeds (through adds)
+        self.sigma: dict[str, float] = {}
+        for node in reversed(order):
+            if node.name in spiking:
+                c = self.codes[node.name]
+                self.sigma[node.name] = c.grid if c.grid is not None else 1.0
+            elif isinstance(node, (Conv2d, Dense, Add)) and node.name in self.f32:
+                cons = network.consumers[node.name]
+                s = 1.0
+                if len(cons) == 1:
+                    c = network.by_name[cons[0]]
+                    if isinstance(c, FSActivation) and tables[c.code].grid is not None:
+                        s = tables[c.code].grid
+                    elif isinstance(c, Add) and c.name in self.f32:
+                        s = self.sigma[c.name]
+                self.sigma[node.name] = s
+        for node in order:  # pooling and flatten keep their input's unit
+            if isinstance(node, (AvgPool2d, Flatten)) or (isinstance(node, Input) and node.name not in spiking):
+                self.sigma[node.name] = self.sigma[node.inputs[0]] if node.inputs else 1.0
+        # float32 weights with the units folded in
+        self.w32: dict[str, object] = {}
+        self.b32: dict[str, object] = {}
+        for node in order:
+            if node.name in self.f32 and isinstance(node, (Conv2d, Dense)):
+                ratio = self.sigma[node.inputs[0]] / self.sigma[node.name]
+                w = (node.weight * ratio).astype(np.float32)
+                b = (node.bias / self.sigma[node.name]).astype(np.float32)
+                if isinstance(node, Conv2d) and node.has_bias_map:
+                    self.w32[node.name] = torch.from_numpy(np.ascontiguousarray(w))
+                    self.b32[node.name] = b  # added after the convolution, per output neuron
+                elif isinstance(node, Conv2d):
+                    self.w32[node.name] = torch.from_numpy(np.ascontiguousarray(w))
+                    self.b32[node.name] = torch.from_numpy(b)
+                else:
+                    self.w32[node.name] = np.ascontiguousarray(w.T)
+                    self.b32[node.name] = b
+        self._data_bounds(network)
+        self._bounds(network, spiking, x_abs_max)
+        #: neurons checked, recomputed in float64, and settled by the float64 mode's kernels
+        self.stats = {"checked": 0, "recomputed": 0, "full64": 0}
+
+    def _data_bounds(self, network: Network) -> None:
+        """Convolutions of ReLU levels q >= 0 whose float32 rounding is bounded per sample.
+
+        The a-priori term :math:`\\gamma_{n+4} |W| M` uses the largest level everywhere;
+        with the levels at hand, :math:`\\sum_i |w_i| q_i \\le \\sum_{c} \\max_{taps}
+        |w_{c}| \\cdot (\\text{sum of } q_c \\text{ over the window})`, a window sum (exact: integers
+        below 2^24) and a 1x1 convolution, about a ninth of the 3x3 convolution's work.
+        Its float32 value, a sum of non-negative terms, is at least the exact one times
+        :math:`1 - \\gamma_{m}` (m = input channels + 1), which the weights' factor
+        covers. ``data_fs``: per FS node, the convolutions (direct, or through one add)
+        whose maps are added to its check; ``data_w``: their 1x1 weights, in the FS node's
+        grid units."""
+        torch = _torch()
+        self.data_fs: dict[str, list[str]] = {}
+        self.data_w: dict[str, object] = {}
+        self.ones: dict[tuple, object] = {}
+        by = network.by_name
+
+        def eligible(name: str, via: str | None) -> bool:
+            node = by[name]
+            if not isinstance(node, Conv2d) or name not in self.f32 or node.inputs[0] not in self.codes:
+                return False
+            return via is None or network.consumers[name] == (via,)
+
+        for node in network.order:
+            if not isinstance(node, FSActivation) or node.input not in self.f32:
+                continue
+            unit = self.tables[node.code].grid or 1.0  # the check's unit (see _fs_check)
+            src = by[node.input]
+            convs = []
+            if eligible(src.name, None):
+                convs = [src.name]
+            elif isinstance(src, Add) and network.consumers[src.name] == (node.name,):
+                convs = [op for op in src.inputs if eligible(op, src.name)]
+            for name in convs:
+                w = by[name].weight
+                n = int(np.prod(w.shape[1:]))
+                s_in = self.sigma[by[name].inputs[0]]
+                factor = gamma(n + 4, U32) * s_in / unit / (1 - gamma(w.shape[1] + 2, U32)) * SLACK
+                wmax = np.abs(w).max(axis=(2, 3), keepdims=True) * factor * (1 + 4 * U32)
+                self.data_w[name] = torch.from_numpy(np.ascontiguousarray(wmax.astype(np.float32)))
+                cin, kh, kw = w.shape[1:]
+                self.ones[(cin, kh, kw)] = torch.ones((cin, 1, kh, kw))
+            if convs:
+                self.data_fs[node.name] = convs
+
+    # -- a-priori bounds (absolute units, per neuron, no batch axis) ---------------------
+    def _bounds(self, network: Network, spiking: set[str], x_abs_max: float) -> None:
+        M: dict[str, np.ndarray] = {}
+        e32: dict[str, np.ndarray] = {}
+        e64: dict[str, np.ndarray] = {}
+        self.check: dict[str, np.ndarray] = {}  # per FS node: E in its input's units (float32)
+        for node in network.order:
+            shape = network.shapes[node.name]
+            name = node.name
+            if name in spiking:
+                c = self.codes[name]
+                if c.grid is not None:
+                    M[name] = np.full(shape, c.levels * c.grid)
+                    e32[name] = np.zeros(shape)
+                else:
+                    M[name] = np.full(shape, float(np.abs(c.tables.d).sum()))
+                    e32[name] = U32 * M[name]
+                e64[name] = np.zeros(shape)
+                if isinstance(node, FSActivation) and node.input in self.f32:
+                    self._fs_check(node, M, e32, e64)
+                continue
+            if isinstance(node, Input):  # analog input
+                M[name] = np.full(shape, x_abs_max)
+                e32[name] = U32 * M[name]
+                e64[name] = np.zeros(shape)
+                continue
+            if name not in self.f32:
+                continue
+            ins = node.inputs
+            if isinstance(node, (Conv2d, Dense)):
+                n = int(np.prod(node.weight.shape[1:]))
+                absb = np.abs(node.bias_for_output() if isinstance(node, Conv2d) else node.bias)
+                mag = self._abs_map(node, M[ins[0]])
+                M[name] = mag + absb
+                if name in self.data_w:  # the rounding of |W||y| is added per sample (_data_bounds)
+                    e32[name] = self._abs_map(node, e32[ins[0]]) + gamma(n + 4, U32) * absb
+                else:
+                    e32[name] = self._abs_map(node, e32[ins[0]]) + gamma(n + 4, U32) * (
+                        self._abs_map(node, M[ins[0]] + e32[ins[0]]) + absb)
+                e64[name] = self._abs_map(node, e64[ins[0]]) + gamma(n + 2, U64) * (
+                    self._abs_map(node, M[ins[0]] + e64[ins[0]]) + absb)
+            elif isinstance(node, Add):
+                k = len(ins)
+                M[name] = sum(M[i] for i in ins)
+                e32[name] = sum(e32[i] for i in ins) + gamma(k + 3, U32) * sum(M[i] + e32[i] for i in ins)
+                e64[name] = sum(e64[i] for i in ins) + gamma(k + 2, U64) * sum(M[i] + e64[i] for i in ins)
+            elif isinstance(node, AvgPool2d):
+                (kh, kw), _ = node.window(network.shapes[ins[0]])
+                n = kh * kw
+
+                def pool(a, node=node):
+                    return apply_linear(node, [a[None]], True)[0]
+
+                M[name] = pool(M[ins[0]])
+                e32[name] = pool(e32[ins[0]]) + gamma(n + 3, U32) * pool(M[ins[0]] + e32[ins[0]])
+                e64[name] = pool(e64[ins[0]]) + gamma(n + 3, U64) * pool(M[ins[0]] + e64[ins[0]])
+            elif isinstance(node, Flatten):
+                M[name], e32[name], e64[name] = (a[ins[0]].reshape(-1) for a in (M, e32, e64))
+            else:  # pragma: no cover - every linear kind is listed above
+                raise TypeError(node.label)
+
+    def _abs_map(self, node, m: np.ndarray) -> np.ndarray:
+        """``|W| m`` (bias-free) for a per-neuron map ``m``, with the node's own kernel."""
+        return apply_linear(node, [m[None]], False, weight=np.abs(node.weight))[0]
+
+    def _fs_check(self, node, M, e32, e64) -> None:
+        c = self.codes[node.name]
+        src = node.input
+        total = SLACK * (e32[src] + e64[src])
+        if c.grid is not None:
+            E = total / c.grid + 8 * U32 * (c.levels + 2)
+        else:
+            E = total * SLACK + 4 * U64 * M[src]
+        self.check[node.name] = (E * SLACK).astype(np.float32 if c.grid is not None else np.float64)
+
+
+class _Chunk:
+    """One chunk's state: float32 values, spiking outputs, lazily built float64 values."""
+
+    def __init__(self, plan: Plan, x: np.ndarray):
+        self.plan = plan
+        self.x = x
+        self.n = len(x)
+        self.q: dict[str, np.ndarray] = {}  # ReLU-coded nodes: levels (float32)
+        self.y64: dict[str, np.ndarray] = {}  # other spiking nodes: outputs (float64)
+        self.y32: dict[str, np.ndarray] = {}  # ... rounded to float32 (the float32 path's input)
+        self.full: dict[str, np.ndarray] = {}
+
+    # float64 values exactly as the float64 fast mode computes them
+    def full64(self, name: str) -> np.ndarray:
+        if name in self.full:
+            return self.full[name]
+        net = self.plan.net
+        node = net.by_name[name]
+        if name in self.q:
+            out = self.q[name].astype(np.float64) * self.plan.codes[name].grid
+        elif name in self.y64:
+            out = self.y64[name]
+        elif isinstance(node, Input):
+            out = self.x
+        else:
+            out = apply_linear(node, [self.full64(s) for s in node.inputs], True, self.plan.library)
+        self.full[name] = out
+        return out
+
+
+def run_fast32(plan: Plan, x: np.ndarray, record: bool) -> RunResult:
+    """One batch (the caller's ``batch_size`` chunk). Float64 values, where needed (the
+    read-out, the rare neurons only the float64 kernels can settle), are computed on the
+    whole batch, as the float64 fast mode does, so that they are the same to the last bit
+    (float64 BLAS may sum in another order for another batch size)."""
+    from fs_hw.reference.simulator import _result
+
+    net = plan.net
+    ch = _Chunk(plan, x)
+    before = dict(plan.stats)
+    counts: dict[str, np.ndarray] = {}
+    trains: dict[str, np.ndarray] | None = {} if record else None
+    for node in net.order:
+        if not net.is_spiking(node):
+            continue
+        c = plan.codes[node.name]
+        if isinstance(node, Input):
+            _spike_exact(ch, node, c, x, counts, trains)
+        elif node.input in plan.f32:
+            _spike_checked(ch, node, c, counts, trains)
+        else:  # reads the sample or another spiking node directly: float64 values at hand
+            _spike_exact(ch, node, c, ch.full64(node.input), counts, trains)
+    result = _result(net, ch.full64(net.readout.input), counts, trains)
+    # how many FS neurons were checked, recomputed in float64, settled by the float64 kernels
+    result.info.update({f"float32_{k}": plan.stats[k] - before[k] for k in plan.stats})
+    return result
+
+
+def _cone(plan: Plan, name: str) -> list[str]:
+    """The float32 linear nodes that ``name`` (included) is computed from, in order."""
+    net = plan.net
+    seen: set[str] = set()
+    stack = [name]
+    while stack:
+        n = stack.pop()
+        if n in seen or n not in plan.f32:
+            continue
+        seen.add(n)
+        stack.extend(net.by_name[n].inputs)
+    return [n.name for n in net.order if n.name in seen]
+
+
+def _forward32(ch: _Chunk, cone: list[str], rows: slice) -> tuple[dict, dict]:
+    """float32 values of the cone's nodes for samples ``rows``, and the data-dependent
+    error maps (in the consuming FS node's grid units) of its data-bounded convolutions."""
+    torch = _torch()
+    plan = ch.plan
+    net = plan.net
+    vals: dict[str, np.ndarray] = {}
+    extra: dict[str, np.ndarray] = {}
+
+    def value(name: str) -> np.ndarray:
+        if name in vals:
+            return vals[name]
+        if name in ch.q:
+            return ch.q[name][rows]
+        if name in ch.y64:
+            if name not in ch.y32:
+                ch.y32[name] = ch.y64[name].astype(np.float32)
+            return ch.y32[name][rows]
+        return ch.x[rows].astype(np.float32)  # analog input
+
+    for name in cone:
+        node = net.by_name[name]
+        ins = [value(s) for s in node.inputs]
+        n = len(ins[0])
+        if isinstance(node, Conv2d):
+            bmap = node.has_bias_map
+            xin = torch.from_numpy(ins[0])
+            with torch.no_grad():
+                out = torch.nn.functional.conv2d(xin, plan.w32[name], None if bmap else plan.b32[name],
+                                                 stride=node.stride, padding=node.padding).numpy()
+                if name in plan.data_w:
+                    # sum of q over each window, per input channel, times the largest |w| of
+                    # each (output, input) channel pair: >= sum |w| q (module doc)
+                    kh, kw = node.weight.shape[2:]
+                    # (a depthwise convolution with ones: torch's avg_pool2d is ~15x slower)
+                    cin = xin.shape[1]
+                    mag = xin if node.inputs[0] in ch.q else xin.abs()  # levels q are >= 0
+                    box = torch.nn.functional.conv2d(mag, plan.ones[(cin, kh, kw)], None, node.stride,
+                                                     node.padding, groups=cin)
+                    extra[name] = torch.nn.functional.conv2d(box, plan.data_w[name]).numpy()
+            if bmap:
+                out += plan.b32[name]
+        elif isinstance(node, Dense):
+            out = ins[0] @ plan.w32[name]
+            out += plan.b32[name]
+        elif isinstance(node, Add):
+            sig = plan.sigma[name]
+            out = None
+            for s, v in zip(node.inputs, ins):
+                r = np.float32(plan.sigma[s] / sig)
+                term = v if r == 1 else v * r
+                if out is None:
+                    out = term.copy() if term is v else term
+                else:
+                    out += term
+        elif isinstance(node, AvgPool2d):
+            (kh, kw), (sh, sw) = node.window(ins[0].shape[1:])
+            with torch.no_grad():
+                out = torch.nn.functional.avg_pool2d(torch.from_numpy(ins[0]), (kh, kw), (sh, sw)).numpy()
+        elif isinstance(node, Flatten):
+            out = ins[0].reshape(n, -1)
+        else:  # pragma: no cover
+            raise TypeError(node.label)
+        vals[name] = out
+    return vals, extra
+
+
+def _popcount_sum(q: np.ndarray, levels: int) -> np.ndarray:
+    n = len(q)
+    if levels < 256:
+        lut = _POPCOUNT16[:256]
+        return lut[q.astype(np.uint8).reshape(n, -1)].sum(axis=1, dtype=np.int64)
+    from fs_hw.codes.relu import _popcount
+
+    return _popcount(q.astype(np.int64)).reshape(n, -1).sum(axis=1)
+
+
+def _relu_train(q: np.ndarray, K: int) -> np.ndarray:
+    qi = q.astype(np.int64)
+    return np.stack([((qi >> (K - 1 - t)) & 1).astype(np.uint8) for t in range(K)], axis=1)
+
+
+def _spike_exact(ch: _Chunk, node, c: _Code, v: np.ndarray, counts, trains) -> None:
+    """A spiking node whose input is float64 already (the sample, or float64 values)."""
+    tab = c.tables
+    if c.grid is not None:
+        y, _ = relu_closed_form(v, tab.code, c.grid)
+        q = np.rint(y / c.grid).astype(np.float32)  # y = q s exactly, q < 2^24
+        _store_relu(ch, node, c, q, counts, trains)
+    else:
+        res = simulate_fs(v, tab.T, tab.h, tab.d, tab.rule, record_spikes=trains is not None)
+        ch.y64[node.name] = res.output
+        counts[node.name] = res.spike_count.reshape(len(v), -1).sum(axis=1).astype(np.int64)
+        if trains is not None:
+            trains[node.name] = np.moveaxis(res.spikes, 0, 1).astype(np.uint8)
+
+
+def _store_relu(ch: _Chunk, node, c: _Code, q: np.ndarray, counts, trains, count=None) -> None:
+    ch.q[node.name] = q
+    counts[node.name] = _popcount_sum(q, c.levels) if count is None else count
+    if trains is not None:
+        trains[node.name] = _relu_train(q, c.tables.code.K)
+
+
+def _spike_checked(ch: _Chunk, node, c: _Code, counts, trains) -> None:
+    plan = ch.plan
+    src = node.input
+    cone = _cone(plan, src)
+    shape = plan.net.shapes[src]
+    size = int(np.prod(shape))
+    relu = c.grid is not None
+    out = np.empty((ch.n, *shape), np.float32 if relu else np.float64)
+    count = np.empty(ch.n, np.int64)
+    for start in range(0, ch.n, CHUNK):
+        rows = slice(start, min(start + CHUNK, ch.n))
+        vals, extra = _forward32(ch, cone, rows)
+        t = vals[src]
+        E = plan.check[node.name]
+        for conv in plan.data_fs.get(node.name, ()):
+            E = E + extra[conv]
+        if relu:
+            out[rows] = q = _decide_relu(ch, src, c, t, E, start * size)
+            count[rows] = _popcount_sum(q, c.levels)  # while q is in cache
+        else:
+            out[rows] = _decide_generic(ch, src, c, t, E, start * size)
+    if relu:
+        _store_relu(ch, node, c, out, counts, trains, count)
+    else:
+        _spike_exact(ch, node, c, out, counts, trains)
+
+
+def _decide_relu(ch: _Chunk, src: str, c: _Code, t: np.ndarray, E, offset: int) -> np.ndarray:
+    """The float64 mode's levels q for float32 values ``t`` of ``src`` (rows of the batch
+    starting at flat index ``offset``)."""
+    plan = ch.plan
+    ratio = plan.sigma[src] / c.grid
+    if ratio != 1.0:
+        t = t * np.float32(ratio)
+    # q = clip(floor(t), 0, L) = floor(clip(t, 0.5, L + 0.5)); undecided iff an integer
+    # k in [1, L] lies within E of t, i.e. frac(clip(t) + E) <= 2E (see module doc)
+    cl = np.clip(t, np.float32(0.5), np.float32(c.levels + 0.5))
+    a = cl + E
+    a -= np.floor(a)
+    flagged = np.flatnonzero(a <= E + E)
+    q = np.floor(cl, out=cl)
+    _tally(plan, t.size, flagged.size)
+    if flagged.size:
+        v, D = _recompute(ch, src, flagged + offset)
+        lo, hi = _interval(v, D)
+        qlo = _relu_levels(lo, c)
+        bad = qlo != _relu_levels(hi, c)
+        plan.stats["full64"] += int(bad.sum())
+        if bad.any():
+            exact = ch.full64(src).reshape(-1)[flagged[bad] + offset]
+            qlo[bad] = _relu_levels(exact, c)
+        q.reshape(-1)[flagged] = qlo
+    return q
+
+
+def _decide_generic(ch: _Chunk, src: str, c: _Code, t: np.ndarray, E, offset: int) -> np.ndarray:
+    """A float64 input with the float64 mode's spike train, for every neuron of ``t``."""
+    plan = ch.plan
+    tab = c.tables
+    K = tab.code.K
+    t64 = t.astype(np.float64) * plan.sigma[src]
+    lo, hi = _interval(t64, E)
+    a = simulate_fs(lo, tab.T, tab.h, tab.d, tab.rule, record_spikes=True).spikes
+    b = simulate_fs(hi, tab.T, tab.h, tab.d, tab.rule, record_spikes=True).spikes
+    flagged = np.flatnonzero((a != b).reshape(K, -1).any(axis=0))
+    _tally(plan, t.size, flagged.size)
+    if flagged.size:
+        v, D = _recompute(ch, src, flagged + offset)
+        vlo, vhi = _interval(v, D)
+        a = simulate_fs(vlo, tab.T, tab.h, tab.d, tab.rule, record_spikes=True).spikes
+        b = simulate_fs(vhi, tab.T, tab.h, tab.d, tab.rule, record_spikes=True).spikes
+        bad = (a != b).any(axis=0)
+        plan.stats["full64"] += int(bad.sum())
+        if bad.any():
+            vlo[bad] = ch.full64(src).reshape(-1)[flagged[bad] + offset]
+        lo.reshape(-1)[flagged] = vlo
+    return lo
+
+
+def _tally(plan: Plan, checked: int, flagged: int) -> None:
+    plan.stats["checked"] += checked
+    plan.stats["recomputed"] += flagged
+
+
+def _relu_levels(v: np.ndarray, c: _Code) -> np.ndarray:
+    y, _ = relu_closed_form(v, c.tables.code, c.grid)
+    return np.rint(y / c.grid).astype(np.float32)
+
+
+def _interval(v: np.ndarray, D) -> tuple[np.ndarray, np.ndarray]:
+    """``[v - D, v + D]`` rounded outwards (float64)."""
+    v = np.asarray(v, np.float64)
+    D = np.asarray(D, np.float64)
+    return np.nextafter(v - D, -np.inf), np.nextafter(v + D, np.inf)
+
+
+# -- recomputing undecided neurons in float64 -------------------------------------------
+def _recompute(ch: _Chunk, name: str, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 values ``v`` of node ``name`` at flat indices ``flat`` (over the chunk) and
+    bounds ``D`` with ``|v - v64| <= D``, ``v64`` the float64 fast mode's value."""
+    plan = ch.plan
+    net = plan.net
+    node = net.by_name[name]
+    if name in ch.q or name in ch.y64 or isinstance(node, Input) or name not in plan.f32:
+        return ch.full64(name).reshape(-1)[flat], np.zeros(len(flat))
+    if isinstance(node, Flatten):
+        return _recompute(ch, node.inputs[0], flat)
+    if isinstance(node, Add):
+        parts = [_recompute(ch, s, flat) for s in node.inputs]
+        v = parts[0][0].copy()
+        for p in parts[1:]:
+            v += p[0]
+        D = sum(p[1] for p in parts)
+        if np.any(D):
+            k = len(parts)
+            D = D + gamma(k + 1, U64) * (2 * sum(np.abs(p[0]) for p in parts) + D)
+        return v, D * SLACK
+    if isinstance(node, Dense):
+        n_out = node.weight.shape[0]
+        b, j = np.divmod(flat, n_out)
+        rows = _rows64(ch, node.inputs[0], b)  # (P, n_in)
+        w = node.weight[j]
+        v = np.einsum("pi,pi->p", rows, w)
+        mag = np.einsum("pi,pi->p", np.abs(rows), np.abs(w)) + np.abs(node.bias[j])
+        v += node.bias[j]
+        n = node.weight.shape[1]
+        return v, 2 * gamma(n + 2, U64) * mag * SLACK
+    if isinstance(node, Conv2d):
+        return _recompute_conv(ch, node, flat)
+    # pooling and anything else: the float64 mode's own kernel on whole arrays
+    return ch.full64(name).reshape(-1)[flat], np.zeros(len(flat))
+
+
+def _rows64(ch: _Chunk, name: str, b: np.ndarray) -> np.ndarray:
+    """float64 values of node ``name`` for samples ``b``, flattened per sample."""
+    if name in ch.q:
+        return ch.q[name].reshape(ch.n, -1)[b].astype(np.float64) * ch.plan.codes[name].grid
+    return ch.full64(name).reshape(ch.n, -1)[b]
+
+
+def _recompute_conv(ch: _Chunk, node: Conv2d, flat: np.ndarray):
+    net = ch.plan.net
+    src = node.inputs[0]
+    co, ci, kh, kw = node.weight.shape
+    C, H, W = net.shapes[src]
+    _, Ho, Wo = net.shapes[node.name]
+    b, c, i, j = np.unravel_index(flat, (ch.n, co, Ho, Wo))
+    (sh, sw), (ph, pw) = node.stride, node.padding
+    if src in ch.q:
+        arr, scale = ch.q[src], ch.plan.codes[src].grid
+    else:
+        arr, scale = ch.full64(src), 1.0
+    rows = i[:, None] * sh - ph + np.arange(kh)[None, :]  # (P, kh)
+    cols = j[:, None] * sw - pw + np.arange(kw)[None, :]  # (P, kw)
+    # one flat index per gathered value; taps outside the map (zero padding) read a
+    # clipped index and are zeroed
+    inside = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]
+    rows, cols = np.clip(rows, 0, H - 1), np.clip(cols, 0, W - 1)
+    spatial = (rows * W)[:, :, None] + cols[:, None, :] + (b * (C * H * W))[:, None, None]  # (P, kh, kw)
+    idx = (np.arange(ci) * (H * W))[None, :, None] + spatial.reshape(len(flat), 1, kh * kw)
+    patch = arr.reshape(-1).take(idx)  # (P, ci, kh*kw)
+    patch *= inside.reshape(len(flat), 1, kh * kw)
+    patch = patch.reshape(len(flat), -1).astype(np.float64, copy=False)
+    if scale != 1.0:
+        patch *= scale  # q s is exact (see fs_hw.codes.relu.relu_grid)
+    w = node.weight.reshape(co, -1)[c]
+    v = np.einsum("pn,pn->p", patch, w)
+    np.abs(patch, out=patch)
+    np.abs(w, out=w)
+    mag = np.einsum("pn,pn->p", patch, w)
+    bias = node.bias_for_output()
+    bias = bias[c, i if bias.shape[1] > 1 else 0, j if bias.shape[2] > 1 else 0]
+    v += bias
+    mag += np.abs(bias)
+    n = ci * kh * kw
+    return v, 2 * gamma(n + 2, U64) * mag * SLACK

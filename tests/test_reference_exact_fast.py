@@ -1,0 +1,218 @@
+"""The float32 fast mode (fs_hw.reference.fast32) gives the float64 fast mode's spikes, bit for bit.
+
+Every comparison here is exact: spike trains, spike counts, read-out values (same batch
+split, so the float64 kernels sum in the same order) and predictions. The adversarial
+networks put pre-activations exactly on, and one ulp beside, the codes' decision
+boundaries, where float32 alone would decide wrongly.
+"""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fs_hw import conformance
+from fs_hw.backend import FLOAT64
+from fs_hw.codes import relu_code
+from fs_hw.ir import Add, Conv2d, Dense, Flatten, FSActivation, Input, Network, Readout
+from fs_hw.reference import fast32
+from fs_hw.reference.simulator import _Tables, prepare_inputs, run_reference
+
+
+def assert_identical(net, x, library="torch", batch_size=None):
+    """float32 path == float64 path (same library, same batches); returns the float32 run."""
+    a = run_reference(net, x, "fast", record_spikes=True, library=library, batch_size=batch_size, float32=False)
+    b = run_reference(net, x, "fast", record_spikes=True, library=library, batch_size=batch_size, float32=True)
+    assert a.spike_trains.keys() == b.spike_trains.keys()
+    for k in a.spike_trains:
+        diff = int((a.spike_trains[k] != b.spike_trains[k]).sum())
+        assert diff == 0, f"{k}: {diff} spikes differ"
+        np.testing.assert_array_equal(a.spike_counts[k], b.spike_counts[k])
+    np.testing.assert_array_equal(a.outputs, b.outputs)  # bit for bit, no tolerance
+    np.testing.assert_array_equal(a.predictions, b.predictions)
+    return b
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize("name", conformance.SCENARIOS)
+def test_every_scenario(name, library):
+    net, x = conformance.scenario(name, samples=40)
+    r = assert_identical(net, x, library)
+    assert r.info["float32_checked"] > 0  # the float32 path ran, not a fallback
+
+
+def test_default_is_float32_for_torch_fast_mode_only():
+    net, x = conformance.scenario("conv", samples=4)
+    assert "float32_checked" in run_reference(net, x, "fast", library="torch").info
+    assert "float32_checked" not in run_reference(net, x, "fast", library="numpy").info
+    assert "float32_checked" not in run_reference(net, x, "spike", library="torch").info
+
+
+# -- adversarial: values on the decision boundaries ---------------------------------------
+def _dyadic_net(rng, K: int, rule: str, conv: bool) -> tuple[Network, np.ndarray]:
+    """Weights m/16, inputs on the input code's grid 2^-K, biases on half the hidden grid
+    (some moved by one ulp): every sum is exact in float64 and float32, so many
+    pre-activations land exactly on a grid point k s, or one ulp beside it."""
+    alpha = 4.0
+    s = alpha * 2.0**-K
+    inp, act = relu_code(1.0, K, rule, name="in"), relu_code(alpha, K, rule, name="act")
+
+    def bias(n):
+        b = rng.integers(-6, 7, n) * (s / 2)
+        nudge = rng.choice([-1.0, 0.0, 0.0, 1.0], n)
+        return b + nudge * np.spacing(np.maximum(np.abs(b), s))
+
+    if conv:
+        c = 4
+        nodes = [
+            Input("x", (2, 6, 6), "in"),
+            Conv2d("c0", "x", rng.integers(-8, 9, (c, 2, 3, 3)) / 16, bias(c), padding=1),
+            FSActivation("f0", "c0", "act"),
+            Conv2d("c1", "f0", rng.integers(-8, 9, (c, c, 3, 3)) / 16, bias(c), padding=1),
+            Add("add", operands=("c1", "f0")),
+            FSActivation("f1", "add", "act"),
+            Conv2d("c2", "f1", rng.integers(-8, 9, (c, c, 3, 3)) / 16, bias(c), stride=2, padding=1),
+            FSActivation("f2", "c2", "act"),
+            Flatten("flat", "f2"),
+            Dense("fc", "flat", rng.integers(-8, 9, (3, c * 9)) / 16, np.zeros(3)),
+            Readout("out", "fc"),
+        ]
+        shape = (2, 6, 6)
+    else:
+        nodes = [
+            Input("x", (24,), "in"),
+            Dense("d0", "x", rng.integers(-8, 9, (32, 24)) / 16, bias(32)),
+            FSActivation("f0", "d0", "act"),
+            Dense("d1", "f0", rng.integers(-8, 9, (16, 32)) / 16, bias(16)),
+            FSActivation("f1", "d1", "act"),
+            Dense("d2", "f1", rng.integers(-8, 9, (4, 16)) / 16, np.zeros(4)),
+            Readout("out", "d2"),
+        ]
+        shape = (24,)
+    net = Network(tuple(nodes), {"in": inp, "act": act}, {"name": "dyadic"})
+    x = rng.integers(0, 2**K, (30, *shape)) / 2**K
+    return net, x
+
+
+@pytest.mark.parametrize("conv", [False, True])
+@pytest.mark.parametrize("rule", [">=", ">"])
+def test_values_on_grid_points_are_settled_by_the_float64_kernels(conv, rule):
+    net, x = _dyadic_net(np.random.default_rng(1), 6, rule, conv)
+    r = assert_identical(net, x)
+    # the ties cannot be decided from float32 nor from a re-ordered float64 sum
+    assert r.info["float32_full64"] > 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), K=st.integers(2, 8), rule=st.sampled_from([">=", ">"]),
+       conv=st.booleans(), library=st.sampled_from(["numpy", "torch"]))
+def test_property_adversarial_boundaries(seed, K, rule, conv, library):
+    net, x = _dyadic_net(np.random.default_rng(seed), K, rule, conv)
+    assert_identical(net, x, library, batch_size=16)
+
+
+@pytest.mark.parametrize("name", [n for n in conformance.SCENARIOS if n.startswith("code:")][:4])
+def test_fitted_codes_at_their_thresholds(name):
+    """Pre-activations exactly at, and a few ulps around, each threshold a fitted code's
+    first two steps compare against (weights 0, so the value is the bias itself)."""
+    code = conformance._all_codes()[name[5:]]
+    t0, t1, h0 = float(code.T[0]), float(code.T[1]), float(code.h[0])
+    centres = [t0, t1, t1 + h0, 0.0]
+    values = np.array([np.nextafter(c, np.inf * k) if k else c for c in centres for k in (-1, 0, 1)])
+    for _ in range(2):  # two ulps out as well
+        values = np.concatenate([values, np.nextafter(values, np.inf), np.nextafter(values, -np.inf)])
+    values = np.unique(values)
+    inp = relu_code(1.0, code.K, name="in")
+    nodes = (
+        Input("x", (4,), "in"),
+        Dense("d0", "x", np.zeros((len(values), 4)), values),
+        FSActivation("f0", "d0", code.name),
+        Dense("d1", "f0", np.random.default_rng(0).normal(size=(3, len(values))), np.zeros(3)),
+        Readout("out", "d1"),
+    )
+    net = Network(nodes, {"in": inp, code.name: code}, {"name": "thresholds"})
+    r = assert_identical(net, np.random.default_rng(0).uniform(0, 1, (5, 4)))
+    assert r.info["float32_full64"] > 0
+
+
+# -- the bound itself -------------------------------------------------------------------
+def _check_bounds(net, x):
+    """|float32 value - float64 value| <= E for every neuron of every checked FS node."""
+    xp = prepare_inputs(net, x, FLOAT64)
+    tables = {name: _Tables(code, FLOAT64) for name, code in net.codes.items()}
+    plan = fast32.Plan(net, tables, float(np.abs(xp).max()), "torch")
+    ch = fast32._Chunk(plan, xp)
+    counts, checked = {}, 0
+    for node in net.spiking_nodes():
+        c = plan.codes[node.name]
+        if isinstance(node, Input):
+            fast32._spike_exact(ch, node, c, xp, counts, None)
+            continue
+        if node.input not in plan.f32:
+            fast32._spike_exact(ch, node, c, ch.full64(node.input), counts, None)
+            continue
+        vals, extra = fast32._forward32(ch, fast32._cone(plan, node.input), slice(0, len(xp)))
+        E = plan.check[node.name] + sum((extra[k] for k in plan.data_fs.get(node.name, ())), 0)
+        unit = c.grid or 1.0
+        t = vals[node.input].astype(np.float64) * (plan.sigma[node.input] / unit)
+        err = np.abs(t - ch.full64(node.input) / unit)
+        assert np.all(err <= E), f"{node.name}: error {err.max()} above its bound"
+        checked += 1
+        fast32._spike_checked(ch, node, c, counts, None)
+    assert checked
+
+
+@pytest.mark.parametrize("name", ["conv", "conv_bias_map", "residual", "mlp_relu_gt",
+                                  *[n for n in conformance.SCENARIOS if n.startswith("code:")][:2]])
+def test_error_bounds_hold(name):
+    _check_bounds(*conformance.scenario(name, samples=64))
+
+
+def test_error_bounds_hold_with_large_fan_in_and_cancellation():
+    rng = np.random.default_rng(3)
+    act = relu_code(0.37, 8, name="act")  # a grid with a full mantissa
+    inp = relu_code(1.0, 8, name="in")
+    w = rng.normal(0, 1, (64, 3000))
+    w[:, 1::2] = -w[:, ::2]  # pairs that cancel: the result is far smaller than sum |w| y
+    nodes = (
+        Input("x", (3000,), "in"),
+        Dense("d0", "x", w * 0.05, rng.normal(0, 0.1, 64)),
+        FSActivation("f0", "d0", "act"),
+        Dense("d1", "f0", rng.normal(0, 1, (3, 64)), np.zeros(3)),
+        Readout("out", "d1"),
+    )
+    net = Network(nodes, {"in": inp, "act": act}, {"name": "fan-in"})
+    x = rng.uniform(0, 1, (32, 3000))
+    _check_bounds(net, x)
+    assert_identical(net, x)
+
+
+# -- the zoo --------------------------------------------------------------------------------
+def _zoo(name):
+    from fs_hw.errors import MissingDependencyError
+    from fs_hw.ir.io import load_network
+    from fs_hw.zoo.models import WEIGHTS_DIR
+
+    try:
+        from fs_hw.data import load_dataset
+
+        x, _ = load_dataset("fashion-mnist", "test")
+    except MissingDependencyError as e:
+        pytest.skip(str(e))
+    return load_network(WEIGHTS_DIR.parent / "networks" / f"{name}.fsnet"), x
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet8"])
+def test_zoo_quick(name):
+    net, x = _zoo(name)
+    assert_identical(net, x[:32])
+
+
+@pytest.mark.slow  # 500 test images through every zoo network, twice
+@pytest.mark.parametrize("name", ["mlp", "sigmoid_mlp", "lenet", "swish_cnn", "resnet8", "resnet14", "resnet20"])
+def test_zoo_500_images(name):
+    net, x = _zoo(name)
+    assert_identical(net, x[:500], batch_size=250)
