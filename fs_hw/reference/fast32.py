@@ -63,6 +63,9 @@ actual gathered :math:`y` (no a-priori :math:`M`).
 
 from __future__ import annotations
 
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,6 +94,20 @@ def _torch():
     import torch
 
     return torch
+
+
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def plan_for(network: Network, tables: dict, x_abs_max: float, library: str) -> Plan:
+    """The network's plan, reused across calls (building it costs a few float64
+    convolutions per layer) while the input range and library are the same."""
+    key = (x_abs_max if any(isinstance(n, Input) and n.code is None for n in network.nodes) else None, library)
+    cached = _PLANS.get(network)
+    if cached is None or cached[0] != key:
+        cached = (key, Plan(network, tables, x_abs_max, library))
+        _PLANS[network] = cached
+    return cached[1]
 
 
 def supported(network: Network, profile, record: bool) -> bool:
@@ -289,7 +306,7 @@ class Plan:
 
     def _abs_map(self, node, m: np.ndarray) -> np.ndarray:
         """``|W| m`` (bias-free) for a per-neuron map ``m``, with the node's own kernel."""
-        return apply_linear(node, [m[None]], False, weight=np.abs(node.weight))[0]
+        return apply_linear(node, [m[None]], False, "torch", weight=np.abs(node.weight))[0]
 
     def _fs_check(self, node, M, e32, e64) -> None:
         c = self.codes[node.name]
@@ -313,9 +330,25 @@ class _Chunk:
         self.y64: dict[str, np.ndarray] = {}  # other spiking nodes: outputs (float64)
         self.y32: dict[str, np.ndarray] = {}  # ... rounded to float32 (the float32 path's input)
         self.full: dict[str, np.ndarray] = {}
+        self.lock = threading.RLock()
+        self.pool = None  # a thread pool over chunks, set by run_fast32
+        self.threads = _torch().get_num_threads()  # the caller's
 
     # float64 values exactly as the float64 fast mode computes them
     def full64(self, name: str) -> np.ndarray:
+        # chunks run in threads (torch set to one thread each, see run_fast32); the float64
+        # kernels run with the caller's thread count, as in the float64 mode, in case a
+        # library's sums depend on it; the lock builds each array once
+        with self.lock:
+            torch = _torch()
+            inner = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+            try:
+                return self._full64(name)
+            finally:
+                torch.set_num_threads(inner)
+
+    def _full64(self, name: str) -> np.ndarray:
         if name in self.full:
             return self.full[name]
         net = self.plan.net
@@ -336,11 +369,35 @@ def run_fast32(plan: Plan, x: np.ndarray, record: bool) -> RunResult:
     """One batch (the caller's ``batch_size`` chunk). Float64 values, where needed (the
     read-out, the rare neurons only the float64 kernels can settle), are computed on the
     whole batch, as the float64 fast mode does, so that they are the same to the last bit
-    (float64 BLAS may sum in another order for another batch size)."""
+    (float64 BLAS may sum in another order for another batch size).
+
+    Chunks of ``CHUNK`` samples run in a pool of as many threads as torch has, each with
+    single-threaded torch kernels: numpy's elementwise passes are single-threaded, and
+    torch's idle workers spinning beside them cost more than they gain."""
+    torch = _torch()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) if threads > 1 and len(x) > CHUNK else _NoPool() as pool:
+            return _run(plan, x, record, pool, threads)
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _NoPool:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _run(plan: Plan, x: np.ndarray, record: bool, pool, threads: int) -> RunResult:
     from fs_hw.reference.simulator import _result
 
     net = plan.net
     ch = _Chunk(plan, x)
+    ch.pool, ch.threads = pool, threads
     before = dict(plan.stats)
     counts: dict[str, np.ndarray] = {}
     trains: dict[str, np.ndarray] | None = {} if record else None
@@ -441,11 +498,13 @@ def _forward32(ch: _Chunk, cone: list[str], rows: slice) -> tuple[dict, dict]:
     return vals, extra
 
 
+_POPCOUNT_F32 = _POPCOUNT16[:256].astype(np.float32)
+
+
 def _popcount_sum(q: np.ndarray, levels: int) -> np.ndarray:
     n = len(q)
-    if levels < 256:
-        lut = _POPCOUNT16[:256]
-        return lut[q.astype(np.uint8).reshape(n, -1)].sum(axis=1, dtype=np.int64)
+    if levels < 256 and q[0].size * 8 < 2**24:  # float32 sums of integers below 2^24: exact
+        return _POPCOUNT_F32.take(q.astype(np.uint8)).reshape(n, -1).sum(axis=1).astype(np.int64)
     from fs_hw.codes.relu import _popcount
 
     return _popcount(q.astype(np.int64)).reshape(n, -1).sum(axis=1)
@@ -487,7 +546,8 @@ def _spike_checked(ch: _Chunk, node, c: _Code, counts, trains) -> None:
     relu = c.grid is not None
     out = np.empty((ch.n, *shape), np.float32 if relu else np.float64)
     count = np.empty(ch.n, np.int64)
-    for start in range(0, ch.n, CHUNK):
+
+    def work(start: int) -> None:
         rows = slice(start, min(start + CHUNK, ch.n))
         vals, extra = _forward32(ch, cone, rows)
         t = vals[src]
@@ -495,42 +555,49 @@ def _spike_checked(ch: _Chunk, node, c: _Code, counts, trains) -> None:
         for conv in plan.data_fs.get(node.name, ()):
             E = E + extra[conv]
         if relu:
-            out[rows] = q = _decide_relu(ch, src, c, t, E, start * size)
-            count[rows] = _popcount_sum(q, c.levels)  # while q is in cache
+            _decide_relu(ch, src, c, t, E, start * size, out[rows])
+            count[rows] = _popcount_sum(out[rows], c.levels)  # while the levels are in cache
         else:
             out[rows] = _decide_generic(ch, src, c, t, E, start * size)
+
+    starts = range(0, ch.n, CHUNK)
+    if ch.pool is None or len(starts) < 2:
+        for start in starts:
+            work(start)
+    else:
+        list(ch.pool.map(work, starts))  # list(): re-raises a worker's exception here
     if relu:
         _store_relu(ch, node, c, out, counts, trains, count)
     else:
         _spike_exact(ch, node, c, out, counts, trains)
 
 
-def _decide_relu(ch: _Chunk, src: str, c: _Code, t: np.ndarray, E, offset: int) -> np.ndarray:
-    """The float64 mode's levels q for float32 values ``t`` of ``src`` (rows of the batch
-    starting at flat index ``offset``)."""
+def _decide_relu(ch: _Chunk, src: str, c: _Code, t: np.ndarray, E, offset: int, q: np.ndarray) -> None:
+    """Write into ``q`` the float64 mode's levels for the float32 values ``t`` of ``src``
+    (rows of the batch from flat index ``offset``); ``t`` is overwritten."""
     plan = ch.plan
     ratio = plan.sigma[src] / c.grid
     if ratio != 1.0:
         t = t * np.float32(ratio)
-    # q = clip(floor(t), 0, L) = floor(clip(t, 0.5, L + 0.5)); undecided iff an integer
-    # k in [1, L] lies within E of t, i.e. frac(clip(t) + E) <= 2E (see module doc)
-    cl = np.clip(t, np.float32(0.5), np.float32(c.levels + 0.5))
-    a = cl + E
-    a -= np.floor(a)
-    flagged = np.flatnonzero(a <= E + E)
-    q = np.floor(cl, out=cl)
+    # level = clip(floor(t), 0, L) = floor(clip(t, 0.5, L + 0.5)). Undecided iff an integer
+    # lies in [cl - E, cl + E], i.e. floor(cl + E) >= cl - E; where decided, the level is
+    # floor(cl + E). The margin in E covers the float32 rounding of cl +- E (module doc).
+    cl = np.clip(t, np.float32(0.5), np.float32(c.levels + 0.5), out=t)
+    np.add(cl, E, out=q)
+    np.floor(q, out=q)
+    np.subtract(cl, E, out=cl)
+    flagged = np.flatnonzero(q >= cl)
     _tally(plan, t.size, flagged.size)
     if flagged.size:
         v, D = _recompute(ch, src, flagged + offset)
         lo, hi = _interval(v, D)
         qlo = _relu_levels(lo, c)
         bad = qlo != _relu_levels(hi, c)
-        plan.stats["full64"] += int(bad.sum())
+        _tally(plan, full64=int(bad.sum()))
         if bad.any():
             exact = ch.full64(src).reshape(-1)[flagged[bad] + offset]
             qlo[bad] = _relu_levels(exact, c)
         q.reshape(-1)[flagged] = qlo
-    return q
 
 
 def _decide_generic(ch: _Chunk, src: str, c: _Code, t: np.ndarray, E, offset: int) -> np.ndarray:
@@ -550,16 +617,21 @@ def _decide_generic(ch: _Chunk, src: str, c: _Code, t: np.ndarray, E, offset: in
         a = simulate_fs(vlo, tab.T, tab.h, tab.d, tab.rule, record_spikes=True).spikes
         b = simulate_fs(vhi, tab.T, tab.h, tab.d, tab.rule, record_spikes=True).spikes
         bad = (a != b).any(axis=0)
-        plan.stats["full64"] += int(bad.sum())
+        _tally(plan, full64=int(bad.sum()))
         if bad.any():
             vlo[bad] = ch.full64(src).reshape(-1)[flagged[bad] + offset]
         lo.reshape(-1)[flagged] = vlo
     return lo
 
 
-def _tally(plan: Plan, checked: int, flagged: int) -> None:
-    plan.stats["checked"] += checked
-    plan.stats["recomputed"] += flagged
+_STATS_LOCK = threading.Lock()
+
+
+def _tally(plan: Plan, checked: int = 0, flagged: int = 0, full64: int = 0) -> None:
+    with _STATS_LOCK:
+        plan.stats["checked"] += checked
+        plan.stats["recomputed"] += flagged
+        plan.stats["full64"] += full64
 
 
 def _relu_levels(v: np.ndarray, c: _Code) -> np.ndarray:
@@ -619,38 +691,51 @@ def _rows64(ch: _Chunk, name: str, b: np.ndarray) -> np.ndarray:
 
 
 def _recompute_conv(ch: _Chunk, node: Conv2d, flat: np.ndarray):
+    """float64 values of a convolution at flat output indices (receptive fields gathered;
+    neurons grouped by output channel so that each group is one matrix-vector product)."""
     net = ch.plan.net
     src = node.inputs[0]
     co, ci, kh, kw = node.weight.shape
     C, H, W = net.shapes[src]
     _, Ho, Wo = net.shapes[node.name]
-    b, c, i, j = np.unravel_index(flat, (ch.n, co, Ho, Wo))
+    order = np.argsort(flat // (Ho * Wo) % co, kind="stable")
+    b, c, i, j = np.unravel_index(flat[order], (ch.n, co, Ho, Wo))
     (sh, sw), (ph, pw) = node.stride, node.padding
-    if src in ch.q:
-        arr, scale = ch.q[src], ch.plan.codes[src].grid
-    else:
-        arr, scale = ch.full64(src), 1.0
-    rows = i[:, None] * sh - ph + np.arange(kh)[None, :]  # (P, kh)
-    cols = j[:, None] * sw - pw + np.arange(kw)[None, :]  # (P, kw)
-    # one flat index per gathered value; taps outside the map (zero padding) read a
-    # clipped index and are zeroed
-    inside = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]
-    rows, cols = np.clip(rows, 0, H - 1), np.clip(cols, 0, W - 1)
-    spatial = (rows * W)[:, :, None] + cols[:, None, :] + (b * (C * H * W))[:, None, None]  # (P, kh, kw)
-    idx = (np.arange(ci) * (H * W))[None, :, None] + spatial.reshape(len(flat), 1, kh * kw)
-    patch = arr.reshape(-1).take(idx)  # (P, ci, kh*kw)
-    patch *= inside.reshape(len(flat), 1, kh * kw)
-    patch = patch.reshape(len(flat), -1).astype(np.float64, copy=False)
-    if scale != 1.0:
-        patch *= scale  # q s is exact (see fs_hw.codes.relu.relu_grid)
-    w = node.weight.reshape(co, -1)[c]
-    v = np.einsum("pn,pn->p", patch, w)
-    np.abs(patch, out=patch)
-    np.abs(w, out=w)
-    mag = np.einsum("pn,pn->p", patch, w)
+    relu = src in ch.q
+    arr = ch.q[src] if relu else ch.full64(src)
+    scale = ch.plan.codes[src].grid if relu else 1.0
+    P, n = len(flat), ci * kh * kw
+    top, left = i * sh - ph, j * sw - pw
+    inner = (top >= 0) & (top + kh <= H) & (left >= 0) & (left + kw <= W)
+    offsets = ((np.arange(ci) * (H * W))[:, None, None] + (np.arange(kh) * W)[None, :, None]
+               + np.arange(kw)[None, None, :]).reshape(-1)
+    base = b * (C * H * W) + top * W + left
+    patch = np.empty((P, n), arr.dtype)
+    patch[inner] = arr.reshape(-1).take(base[inner][:, None] + offsets[None, :])
+    edge = np.flatnonzero(~inner)
+    if edge.size:  # taps in the zero padding read a clipped index and are zeroed
+        rows = top[edge, None] + np.arange(kh)[None, :]
+        cols = left[edge, None] + np.arange(kw)[None, :]
+        inside = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]
+        rows, cols = np.clip(rows, 0, H - 1), np.clip(cols, 0, W - 1)
+        spatial = (rows * W)[:, :, None] + cols[:, None, :] + (b[edge] * (C * H * W))[:, None, None]
+        idx = (np.arange(ci) * (H * W))[None, :, None] + spatial.reshape(len(edge), 1, kh * kw)
+        part = arr.reshape(-1).take(idx)
+        part *= inside.reshape(len(edge), 1, kh * kw)
+        patch[edge] = part.reshape(len(edge), n)
+    patch = patch.astype(np.float64, copy=False)
+    # w s rounds once more than w (q s): gamma_{n+2} below covers it
+    w = node.weight.reshape(co, -1) * scale
+    v = np.empty(P)
+    mag = np.empty(P)
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    for a, z in zip(starts, np.r_[starts[1:], P]):
+        v[a:z] = patch[a:z] @ w[c[a]]
+        mag[a:z] = (patch[a:z] if relu else np.abs(patch[a:z])) @ np.abs(w[c[a]])  # levels are >= 0
     bias = node.bias_for_output()
     bias = bias[c, i if bias.shape[1] > 1 else 0, j if bias.shape[2] > 1 else 0]
     v += bias
     mag += np.abs(bias)
-    n = ci * kh * kw
-    return v, 2 * gamma(n + 2, U64) * mag * SLACK
+    out_v, out_mag = np.empty(P), np.empty(P)
+    out_v[order], out_mag[order] = v, mag
+    return out_v, 2 * gamma(n + 2, U64) * out_mag * SLACK

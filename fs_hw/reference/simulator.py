@@ -182,7 +182,7 @@ def run_reference(
     if float32 and not use32:
         raise ValidationError("run_reference", "float32",
                               "needs the fast mode, the float64 profile, no per-step weights and torch")
-    plan32 = fast32.Plan(network, tables, float(np.abs(x).max(initial=0)), library) if use32 else None
+    plan32 = fast32.plan_for(network, tables, float(np.abs(x).max(initial=0)), library) if use32 else None
     parts = []
     for start in range(0, max(len(x), 1), step):
         chunk = x[start : start + step]
