@@ -10,12 +10,15 @@ images if the data set is not installed). Everything below is measured in this r
 
 * conversion: ``from_torch`` with ``--calibration`` train images (trace, BatchNorm
   folding, self-check, calibration, IR); best of ``--repeats``;
-* throughput (images/s) of the torch ANN in float32 (the baseline) and in float64,
-  the reference fast mode with numpy and with torch kernels, the float32 FS twin
-  (``fs_hw.convert.search.FSTwin``, used for operating-point search), and the reference
-  spike-level mode on a few images; each printed with its ratio to the ANN.
+* throughput (images/s) of the torch ANN in float32 (the baseline) and in float64;
+  the reference fast mode in float32 with the float64 spikes (``fs_hw.reference.fast32``,
+  the default with torch kernels) and in plain float64 (numpy kernels, torch kernels);
+  the float32 FS twin (``fs_hw.convert.search.FSTwin``, used for operating-point
+  search); the reference spike-level mode on a few images; each with its ratio to the
+  ANN. The ANN and the fast mode are timed in alternating rounds (best of each), so a
+  burst of load from other processes hits both.
 
-The issue's goal for the reference fast mode is at least 0.8x the ANN.
+Issue 12's goals: reference fast mode >= 0.8x the ANN, spike-level mode >= 0.1x.
 """
 
 from __future__ import annotations
@@ -109,16 +112,23 @@ def main() -> None:
     alphas = {layer["node"]: layer["alpha"] for layer in net.metadata["conversion"]["layers"] if "alpha" in layer}
 
     rows = []
-    t_ann = best_time(ann, args.repeats)
+    preds = {}
+
+    def fast32():
+        preds["float32"] = run_reference(net, x, "fast", library="torch").predictions
+
+    # alternate rounds: load from other processes hits the baseline and the fast mode alike
+    t_ann, t_fast = best_time(ann, 1), best_time(fast32, 1)
+    for _ in range(args.repeats):
+        t_ann, t_fast = min(t_ann, best_time(ann, 1)), min(t_fast, best_time(fast32, 1))
     rows.append(("torch ANN float32 (baseline)", len(x) / t_ann))
     rows.append(("torch ANN float64", len(x) / best_time(ann64, args.repeats)))
-    preds = {}
-    for library, bs in (("numpy", None), ("torch", None), ("torch", 100)):
-        def ref(library=library, bs=bs):
-            preds[library] = run_reference(net, x, "fast", library=library, batch_size=bs).predictions
+    rows.append(("reference fast, float32 + check (torch)", len(x) / t_fast))
+    for library in ("numpy", "torch"):
+        def ref(library=library):
+            preds[library] = run_reference(net, x, "fast", library=library, float32=False).predictions
 
-        label = f"reference fast, {library} kernels" + (f", batches of {bs}" if bs else ", one batch")
-        rows.append((label, len(x) / best_time(ref, args.repeats)))
+        rows.append((f"reference fast, float64, {library} kernels", len(x) / best_time(ref, 1)))
     rows.append(("FS twin float32 (search), batches of 128",
                  len(x) / best_time(lambda: twin.run(x, args.K, alphas, batch_size=128), args.repeats)))
     xs = x[: args.spike_batch]
@@ -130,12 +140,14 @@ def main() -> None:
     print(f"{'run':<52} {'images/s':>10} {'x ANN':>7}")
     for name, rate in rows:
         print(f"{name:<52} {rate:>10.1f} {rate / base:>7.3f}")
-    agree = float((preds["torch"] == ann_pred).mean()) * 100
-    print(f"reference FS and ANN predict the same class on {agree:.1f}% of these inputs; "
-          f"numpy and torch kernels agree on {float((preds['numpy'] == preds['torch']).mean()) * 100:.1f}%")
-    fast = max(rate for name, rate in rows if name.startswith("reference fast")) / base
-    print(f"goal: reference fast mode >= 0.8x the ANN: best {fast:.2f}x -> {'met' if fast >= 0.8 else 'NOT met'}")
-
+    agree = float((preds["float32"] == ann_pred).mean()) * 100
+    same = all(np.array_equal(preds["float32"], preds[k]) for k in ("numpy", "torch"))
+    print(f"reference FS and ANN predict the same class on {agree:.1f}% of these inputs; float32 + check "
+          f"and float64 (numpy, torch kernels) predictions identical: {same}")
+    fast = rows[2][1] / base
+    spike = rows[-1][1] / base
+    print(f"goal: reference fast mode >= 0.8x the ANN: {fast:.2f}x -> {'met' if fast >= 0.8 else 'NOT met'}")
+    print(f"goal: reference spike-level mode >= 0.1x the ANN: {spike:.3f}x -> {'met' if spike >= 0.1 else 'NOT met'}")
 
 if __name__ == "__main__":
     main()
