@@ -216,3 +216,18 @@ def test_zoo_quick(name):
 def test_zoo_500_images(name):
     net, x = _zoo(name)
     assert_identical(net, x[:500], batch_size=250)
+
+
+# -- integer profiles: exact products through float32 digits ----------------------------
+@pytest.mark.parametrize("bits", [3, 10, 20, 40])
+def test_exact_integer_products_match_int64(bits):
+    from fs_hw.reference.ops import exact_conv, exact_matmul
+
+    rng = np.random.default_rng(bits)
+    x = rng.integers(-(2**bits), 2**bits, (3, 4, 9, 9))
+    w = rng.integers(-127, 128, (5, 4, 3, 3)) * 4
+    windows = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(2, 3))[:, :, ::2, ::2]
+    expected = np.tensordot(windows, w, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
+    np.testing.assert_array_equal(exact_conv(x, w, (2, 2)), expected)
+    xd, wd = x.reshape(3, -1), rng.integers(-127, 128, (324, 6)) * 2
+    np.testing.assert_array_equal(exact_matmul(xd, wd), xd @ wd)

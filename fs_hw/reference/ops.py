@@ -79,14 +79,66 @@ def _conv2d_numpy(node: Conv2d, x: np.ndarray, bias: bool, dtype: np.dtype, weig
 
 #: float64 holds every integer below 2**53 exactly
 _EXACT_FLOAT = 2.0**53
+#: float32 holds every integer below 2**24 exactly
+_EXACT_FLOAT32 = 2**24
+#: more float32 digits than this and one float64 product is as fast
+_MAX_DIGITS = 4
+
+
+def _float32_digits(amax: float, b_abs_sum_max: float) -> int | None:
+    """Bits per digit ``m`` such that products of base-``2**m`` digits of ``a`` (each in
+    ``[-2**m, 2**m]``) with ``b`` are exact in float32, or None.
+
+    With ``|digit| <= 2**m`` every product and every partial sum, in any order and with or
+    without FMA, is an integer of magnitude at most ``2**m * max(b_abs_sums) < 2**24``, so
+    float32 computes it exactly; ``a = sum_d 2**(m d) a_d`` then gives the exact result
+    from one float32 product per digit (oneDNN / float32 BLAS: several times faster than
+    float64 convolutions)."""
+    if b_abs_sum_max <= 0 or b_abs_sum_max >= _EXACT_FLOAT32 / 2:
+        return None
+    m = int(np.floor(np.log2((_EXACT_FLOAT32 - 1) / b_abs_sum_max)))
+    while m > 0 and 2**m * b_abs_sum_max >= _EXACT_FLOAT32:  # guard log2's rounding
+        m -= 1
+    if m < 1 or -(-max(int(amax), 1).bit_length() // m) > _MAX_DIGITS:
+        return None
+    return m
+
+
+def _split_digits(a: np.ndarray, m: int, amax: float) -> list[np.ndarray]:
+    """``a`` (integer-valued) as float32 digits: ``a = sum_d 2**(m d) digits[d]``; all but
+    the last in ``[0, 2**m)``, the last (the signed rest) in ``[-2**m, 2**m]``."""
+    rest = np.rint(a).astype(np.int64) if a.dtype.kind == "f" else a.astype(np.int64)
+    count = -(-max(int(amax), 1).bit_length() // m)
+    digits = []
+    for _ in range(count - 1):
+        digits.append((rest & (2**m - 1)).astype(np.float32))
+        rest = rest >> m  # floor division: the remainder above is in [0, 2**m)
+    digits.append(rest.astype(np.float32))
+    return digits
+
+
+def _sum_digits(parts: list[np.ndarray], m: int) -> np.ndarray:
+    out = np.rint(parts[-1]).astype(np.int64)
+    for part in reversed(parts[:-1]):
+        out <<= m
+        out += np.rint(part).astype(np.int64)
+    return out
 
 
 def exact_tensordot(a: np.ndarray, b: np.ndarray, axes, b_abs_sums: np.ndarray) -> np.ndarray:
-    """``np.tensordot`` of integer arrays, exactly, through float64 BLAS when every sum is
-    provably below 2**53 (``max|a| * max(b_abs_sums)``, the largest possible |sum|), else in
-    int64 (exact, much slower: numpy has no integer BLAS)."""
+    """``np.tensordot`` of integer arrays, exactly: through float32 BLAS, one product per
+    base-2**m digit of ``a``, when few digits suffice (:func:`_float32_digits`); else float64
+    BLAS when every sum is provably below 2**53 (``max|a| * max(b_abs_sums)``, the largest
+    possible |sum|); else in int64 (exact, much slower: numpy has no integer BLAS)."""
     amax = float(np.abs(a).max(initial=0))
-    bound = amax * float(np.max(b_abs_sums, initial=0))
+    bsum = float(np.max(b_abs_sums, initial=0))
+    bound = amax * bsum
+    m = _float32_digits(amax, bsum)
+    if m is not None:
+        bf = b.astype(np.float32)
+        parts = [np.tensordot(d, bf, axes=axes) for d in _split_digits(a, m, amax)]
+        out = _sum_digits(parts, m)
+        return out.astype(a.dtype) if a.dtype.kind in "iu" else out
     if bound < _EXACT_FLOAT:
         out = np.tensordot(a.astype(np.float64), b.astype(np.float64), axes=axes)
         return np.rint(out).astype(a.dtype if a.dtype.kind in "iu" else np.int64)
@@ -94,23 +146,33 @@ def exact_tensordot(a: np.ndarray, b: np.ndarray, axes, b_abs_sums: np.ndarray) 
 
 
 def exact_conv(x: np.ndarray, w: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
-    """Cross-correlation of integer arrays (``x`` already padded), exactly: in float64 (torch's
+    """Cross-correlation of integer arrays (``x`` already padded), exactly: with torch, in
+    float32 digits when few suffice (:func:`_float32_digits`); else in float64 (torch's
     conv2d when torch is installed, else one BLAS product per kernel tap) when every sum is
-    provably below 2**53, else in int64. Returns (N, C_out, H', W') int64."""
+    provably below 2**53; else in int64. Returns (N, C_out, H', W') int64."""
     co, ci, kh, kw = w.shape
     (sh, sw) = stride
     n, _, hp, wp = x.shape
     ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    bound = float(np.abs(x).max(initial=0)) * float(np.abs(w).reshape(co, -1).sum(axis=1).max(initial=0))
+    amax = float(np.abs(x).max(initial=0))
+    wsum = float(np.abs(w).reshape(co, -1).sum(axis=1).max(initial=0))
+    bound = amax * wsum
+    try:
+        torch = _torch()
+    except Exception:  # torch is optional: the numpy paths below are exact too
+        torch = None
+    m = _float32_digits(amax, wsum) if torch is not None else None
+    if m is not None:
+        wt = torch.from_numpy(np.ascontiguousarray(w, np.float32))
+        with torch.no_grad():
+            parts = [torch.nn.functional.conv2d(torch.from_numpy(d), wt, stride=stride).numpy()
+                     for d in _split_digits(x, m, amax)]
+        return _sum_digits(parts, m)
     if bound >= _EXACT_FLOAT:
         windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
         out = np.tensordot(windows, w, axes=([1, 4, 5], [1, 2, 3]))
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2)).astype(np.int64)
     xf, wf = np.ascontiguousarray(x, np.float64), np.ascontiguousarray(w, np.float64)
-    try:
-        torch = _torch()
-    except Exception:  # torch is optional: the numpy path below is exact too
-        torch = None
     if torch is not None:
         with torch.no_grad():
             out = torch.nn.functional.conv2d(torch.from_numpy(xf), torch.from_numpy(wf), stride=stride).numpy()
