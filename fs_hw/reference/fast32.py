@@ -653,7 +653,12 @@ def _recompute(ch: _Chunk, name: str, flat: np.ndarray) -> tuple[np.ndarray, np.
     plan = ch.plan
     net = plan.net
     node = net.by_name[name]
-    if name in ch.q or name in ch.y64 or isinstance(node, Input) or name not in plan.f32:
+    if name in ch.q:  # q s is exact: the float64 mode's value (gathered, not built whole)
+        return ch.q[name].reshape(-1)[flat].astype(np.float64) * plan.codes[name].grid, np.zeros(len(flat))
+    if name in ch.y64 or isinstance(node, Input):
+        src = ch.y64[name] if name in ch.y64 else ch.x
+        return src.reshape(-1)[flat], np.zeros(len(flat))
+    if name not in plan.f32:
         return ch.full64(name).reshape(-1)[flat], np.zeros(len(flat))
     if isinstance(node, Flatten):
         return _recompute(ch, node.inputs[0], flat)
