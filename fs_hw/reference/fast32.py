@@ -194,8 +194,34 @@ class Plan:
                     self.b32[node.name] = b
         self._data_bounds(network)
         self._bounds(network, spiking, x_abs_max)
+        self._lifetimes(network)
         #: neurons checked, recomputed in float64, and settled by the float64 mode's kernels
         self.stats = {"checked": 0, "recomputed": 0, "full64": 0}
+
+    def _lifetimes(self, network: Network) -> None:
+        """``free_after[i]``: spiking nodes no spiking node after the i-th one (nor the
+        read-out) reads, so a batch's levels are dropped once they are spent (a 10k-image
+        batch would otherwise hold every layer)."""
+        spiking = network.spiking_nodes()
+
+        def sources(name: str) -> set[str]:
+            node = network.by_name[name]
+            if network.is_spiking(node) or isinstance(node, Input):
+                return {name}
+            return set().union(*(sources(s) for s in node.inputs))
+
+        last = {n.name: len(spiking) for n in spiking}  # never read: dropped at the end
+        for i, node in enumerate(spiking):
+            last[node.name] = i  # its own counts and trains are taken at once
+        for i, node in enumerate(spiking):
+            if isinstance(node, FSActivation):
+                for src in sources(node.input):
+                    last[src] = max(last.get(src, i), i)
+        for src in sources(network.readout.input):
+            last[src] = len(spiking)
+        self.free_after: dict[int, list[str]] = {}
+        for name, i in last.items():
+            self.free_after.setdefault(i, []).append(name)
 
     def _data_bounds(self, network: Network) -> None:
         """Convolutions of ReLU levels q >= 0 whose float32 rounding is bounded per sample.
@@ -334,6 +360,15 @@ class _Chunk:
         self.pool = None  # a thread pool over chunks, set by run_fast32
         self.threads = _torch().get_num_threads()  # the caller's
 
+    def drop(self, names) -> None:
+        """Forget spent spiking nodes and the float64 values built from them (rebuilt,
+        identically, if ever asked for again)."""
+        for name in names:
+            for store in (self.q, self.y64, self.y32):
+                store.pop(name, None)
+        if names:
+            self.full = {k: v for k, v in self.full.items() if k in self.q or k in self.y64}
+
     # float64 values exactly as the float64 fast mode computes them
     def full64(self, name: str) -> np.ndarray:
         # chunks run in threads (torch set to one thread each, see run_fast32); the float64
@@ -401,9 +436,7 @@ def _run(plan: Plan, x: np.ndarray, record: bool, pool, threads: int) -> RunResu
     before = dict(plan.stats)
     counts: dict[str, np.ndarray] = {}
     trains: dict[str, np.ndarray] | None = {} if record else None
-    for node in net.order:
-        if not net.is_spiking(node):
-            continue
+    for i, node in enumerate(net.spiking_nodes()):
         c = plan.codes[node.name]
         if isinstance(node, Input):
             _spike_exact(ch, node, c, x, counts, trains)
@@ -411,6 +444,7 @@ def _run(plan: Plan, x: np.ndarray, record: bool, pool, threads: int) -> RunResu
             _spike_checked(ch, node, c, counts, trains)
         else:  # reads the sample or another spiking node directly: float64 values at hand
             _spike_exact(ch, node, c, ch.full64(node.input), counts, trains)
+        ch.drop(plan.free_after.get(i, ()))
     result = _result(net, ch.full64(net.readout.input), counts, trains)
     # how many FS neurons were checked, recomputed in float64, settled by the float64 kernels
     result.info.update({f"float32_{k}": plan.stats[k] - before[k] for k in plan.stats})
