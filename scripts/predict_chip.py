@@ -4,7 +4,7 @@ For each network: the target's ``quantize`` (SDK-free), then the reference on th
 quantized network in the target's integer profile, on the first N test images of the
 network's data set, against the float FS reference on the same images.
 
-    .venv/bin/python scripts/predict_chip.py --target loihi --images 1000 mlp resnet8
+    .venv/bin/python scripts/predict_chip.py --target loihi --images 1000 mlp resnet8 my_network.fsnet
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     print("| network | images | float FS % | predicted % | difference (points) | agreement % | quantize s |")
     print("|---|---|---|---|---|---|---|")
     for name in args.networks:
-        net = load_network(ZOO / f"{name}.fsnet")
+        net = load_network(name if name.endswith(".fsnet") else ZOO / f"{name}.fsnet")  # a zoo name or a file
         x, y = load_dataset(net.metadata.get("dataset", "fashion-mnist"), "test")
         x, y = x[: args.images], y[: args.images]
         t0 = time.perf_counter()
