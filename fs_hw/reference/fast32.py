@@ -28,7 +28,7 @@ the linear maps in float32 (torch's oneDNN convolutions, float32 BLAS) plus a ch
    decided by the same interval test on :math:`[\tilde v - D, \tilde v + D]`. A neuron
    still undecided lies within float64 rounding of a boundary, where the decision
    depends on the order of the float64 sums: its layer is recomputed by the float64
-   mode's own kernels (``_full64``), which gives :math:`v_{64}` itself.
+   mode's own kernels on the whole batch (``_Chunk.full64``), which gives :math:`v_{64}` itself.
 5. Linear nodes that feed only the read-out are computed by the float64 mode's kernels
    from the (identical) spikes, so read-out values and predictions are bit-identical.
 
@@ -54,7 +54,7 @@ on the exact :math:`|v|` of each input and :math:`e` the error of its computed v
 The maps are computed per neuron (padding borders get smaller bounds) with the
 network's own kernels applied to :math:`|W|` and the bound maps, in float64, and
 multiplied by ``SLACK`` to cover the rounding of the bound computation itself. The
-check's own float32 arithmetic (clipping, adding :math:`E`, the fractional part) adds
+check's own float32 arithmetic (clipping, adding and subtracting :math:`E`) adds
 at most a few roundings of numbers below :math:`2^K + 1`, covered by
 ``8 u (2^K + 2)``. In the recomputation, :math:`\tilde v` and :math:`v_{64}` are sums of
 the same exact terms, so :math:`D = 2\gamma_{n+2}(|W||y| + |b|)` per neuron, with the
