@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from fs_hw import conformance
 from fs_hw.backend import FLOAT64
 from fs_hw.codes import relu_code
-from fs_hw.ir import Add, Conv2d, Dense, Flatten, FSActivation, Input, Network, Readout
+from fs_hw.ir import Add, AvgPool2d, Conv2d, Dense, Flatten, FSActivation, Input, Network, Readout
 from fs_hw.reference import fast32
 from fs_hw.reference.simulator import _Tables, prepare_inputs, run_reference
 
@@ -231,3 +231,25 @@ def test_exact_integer_products_match_int64(bits):
     np.testing.assert_array_equal(exact_conv(x, w, (2, 2)), expected)
     xd, wd = x.reshape(3, -1), rng.integers(-127, 128, (324, 6)) * 2
     np.testing.assert_array_equal(exact_matmul(xd, wd), xd @ wd)
+
+
+def test_analog_input_and_pooling_before_a_spiking_layer():
+    """An uncoded (analog) input rounded to float32, and an average pooling between two
+    spiking layers, both inside the float32 path's bounds."""
+    rng = np.random.default_rng(5)
+    act = relu_code(1.7, 6, name="act")
+    nodes = (
+        Input("x", (2, 8, 8), None),
+        Conv2d("c0", "x", rng.normal(0, 0.5, (4, 2, 3, 3)), rng.normal(0, 0.1, 4), padding=1),
+        FSActivation("f0", "c0", "act"),
+        AvgPool2d("pool", "f0", kernel=(2, 2)),
+        Conv2d("c1", "pool", rng.normal(0, 0.5, (4, 4, 3, 3)), rng.normal(0, 0.1, 4), padding=1),
+        FSActivation("f1", "c1", "act"),
+        Flatten("flat", "f1"),
+        Dense("d", "flat", rng.normal(0, 0.3, (3, 64)), np.zeros(3)),
+        Readout("out", "d"),
+    )
+    net = Network(nodes, {"act": act}, {"name": "analog"})
+    x = rng.normal(0, 1, (40, 2, 8, 8))
+    _check_bounds(net, x)
+    assert_identical(net, x, batch_size=20)
