@@ -748,29 +748,33 @@ def _recompute_conv(ch: _Chunk, node: Conv2d, flat: np.ndarray):
     inner = (top >= 0) & (top + kh <= H) & (left >= 0) & (left + kw <= W)
     offsets = ((np.arange(ci) * (H * W))[:, None, None] + (np.arange(kh) * W)[None, :, None]
                + np.arange(kw)[None, None, :]).reshape(-1)
-    base = b * (C * H * W) + top * W + left
-    patch = np.empty((P, n), arr.dtype)
-    patch[inner] = arr.reshape(-1).take(base[inner][:, None] + offsets[None, :])
+    idx = (b * (C * H * W) + top * W + left)[:, None] + offsets[None, :]
     edge = np.flatnonzero(~inner)
-    if edge.size:  # taps in the zero padding read a clipped index and are zeroed
+    if edge.size:  # taps in the zero padding read a clipped index and are zeroed below
         rows = top[edge, None] + np.arange(kh)[None, :]
         cols = left[edge, None] + np.arange(kw)[None, :]
         inside = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]
         rows, cols = np.clip(rows, 0, H - 1), np.clip(cols, 0, W - 1)
         spatial = (rows * W)[:, :, None] + cols[:, None, :] + (b[edge] * (C * H * W))[:, None, None]
-        idx = (np.arange(ci) * (H * W))[None, :, None] + spatial.reshape(len(edge), 1, kh * kw)
-        part = arr.reshape(-1).take(idx)
-        part *= inside.reshape(len(edge), 1, kh * kw)
-        patch[edge] = part.reshape(len(edge), n)
+        idx[edge] = ((np.arange(ci) * (H * W))[None, :, None] + spatial.reshape(len(edge), 1, kh * kw)
+                     ).reshape(len(edge), n)
+    patch = arr.reshape(-1).take(idx)
+    if edge.size:
+        patch[edge] *= np.broadcast_to(inside.reshape(len(edge), 1, kh * kw), (len(edge), ci, kh * kw)
+                                       ).reshape(len(edge), n)
     patch = patch.astype(np.float64, copy=False)
     # w s rounds once more than w (q s): gamma_{n+2} below covers it
     w = node.weight.reshape(co, -1) * scale
+    wabs = np.abs(w)
     v = np.empty(P)
     mag = np.empty(P)
+    # one matrix-vector product per output channel (neurons sorted by channel)
     starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    if not relu:
+        absp = np.abs(patch)
     for a, z in zip(starts, np.r_[starts[1:], P]):
-        v[a:z] = patch[a:z] @ w[c[a]]
-        mag[a:z] = (patch[a:z] if relu else np.abs(patch[a:z])) @ np.abs(w[c[a]])  # levels are >= 0
+        np.dot(patch[a:z], w[c[a]], out=v[a:z])
+        np.dot(patch[a:z] if relu else absp[a:z], wabs[c[a]], out=mag[a:z])  # levels are >= 0
     bias = node.bias_for_output()
     bias = bias[c, i if bias.shape[1] > 1 else 0, j if bias.shape[2] > 1 else 0]
     v += bias
