@@ -110,6 +110,14 @@ def plan_for(network: Network, tables: dict, x_abs_max: float, library: str) -> 
     return cached[1]
 
 
+def worthwhile(network: Network, tables: dict) -> bool:
+    """Whether the float32 path is the faster one: every FS node has a ReLU code. Other
+    codes are checked by simulating both ends of every neuron's interval, which costs
+    more than the float64 convolutions save (the swish CNN: 2.6x slower); ``float32=True``
+    still asks for it."""
+    return all(tables[n.code].grid is not None for n in network.nodes if isinstance(n, FSActivation))
+
+
 def supported(network: Network, profile, record: bool) -> bool:
     """Whether this path applies: float profile, no per-step weights, torch installed."""
     if np.dtype(profile.dtype).kind != "f" or np.dtype(profile.dtype) != np.float64:

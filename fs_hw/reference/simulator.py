@@ -166,8 +166,9 @@ def run_reference(
     ``float32``: compute the fast mode's linear maps in float32 and repair, in float64,
     every neuron the float32 values cannot provably decide (:mod:`fs_hw.reference.fast32`):
     the same spikes, read-out values and predictions as the float64 fast mode with the
-    same ``library``, several times faster. ``None`` (default) uses it where it applies:
-    fast mode, ``library="torch"``, the float64 profile, no per-step weights.
+    same ``library``, several times faster. ``None`` (default) uses it where it applies and
+    pays: fast mode, ``library="torch"``, the float64 profile, no per-step weights, ReLU
+    codes only.
     """
     if mode not in MODES:
         raise ValidationError("run_reference", "mode", f"must be one of {MODES}, got {mode!r}")
@@ -178,7 +179,7 @@ def run_reference(
     plan = _StepPlan(network, profile)
     step = batch_size or len(x) or 1
     use32 = mode == "fast" and fast32.supported(network, profile, record_spikes)
-    use32 = use32 and (library == "torch" if float32 is None else float32)
+    use32 = use32 and (library == "torch" and fast32.worthwhile(network, tables) if float32 is None else float32)
     if float32 and not use32:
         raise ValidationError("run_reference", "float32",
                               "needs the fast mode, the float64 profile, no per-step weights and torch")
