@@ -147,7 +147,8 @@ class _Search:
 
 
 def partition_layer(layer: str, shape: tuple[int, ...], cost: Cost, limits: LimitTable, *,
-                    max_neurons: int | None = None, scope: str = "core", unit_name: str = "units",
+                    max_neurons: int | None = None, max_pixels: int | None = None, scope: str = "core",
+                    unit_name: str = "units",
                     units_per_neuron: int = 1,
                     extra_cores: Callable[[list[PartSpec]], float] | None = None) -> Partition:
     """The split of ``layer`` with the fewest parts whose first and middle parts fit.
@@ -156,6 +157,8 @@ def partition_layer(layer: str, shape: tuple[int, ...], cost: Cost, limits: Limi
     output axons its sources need: every part that reads a source pixel costs that pixel
     axons on the source's core); the split with the fewest cores in all is chosen.
 
+    ``max_pixels`` caps the pixels of an image part (a retry after a target found a core
+    short of what grows with its pixels, e.g. output axons sent per pixel).
     ``max_neurons`` caps the neurons of a part (a target's own rule, or a retry after a
     later check found another part too large). ``units_per_neuron`` (e.g. K compartments
     per FS neuron) is only used in the words of :attr:`Partition.why`.
@@ -182,7 +185,7 @@ def partition_layer(layer: str, shape: tuple[int, ...], cost: Cost, limits: Limi
             break  # at least one part per channel block: no fewer cores from here on
         if c not in seen_c and c <= cap:  # a part holds at least one pixel of c channels
             seen_c.add(c)
-            p_cap = max(1, cap // c)
+            p_cap = max(1, min(cap // c, max_pixels or n_pix))
             p = search.largest(min(p_cap, n_pix),
                                lambda p, c=c: search.violation(c, p, None) is None)
             if p:

@@ -31,8 +31,9 @@ from fs_hw_loihi.runner import has_hardware, run_program
 MAPPING_NOTE = (
     "mapping: time-unrolled FS neurons (K compartments each, on-chip clock rings of 2K "
     "compartments), data synapses per source step with rows shared by the K decision units "
-    "(K entries per weight) or replicated (K x K entries, K times fewer axons) as each layer's "
-    "split says, relays for skip connections, read-out = accumulator membrane; pipeline: one "
+    "(K entries per weight) or replicated (K x K entries, K times fewer axons), or with the "
+    "source steps as atoms of about two weight planes (convs of spiking images short of output axons), "
+    "as each layer's split says, relays for skip connections, read-out = accumulator membrane; pipeline: one "
     "sample every 2K steps"
 )
 

@@ -47,8 +47,11 @@ class LoihiConfig:
         "keeps 7-bit weights where the membrane range would otherwise cut them")
     synapse_rows: str = setting(
         "auto", "synapse rows: 'shared' (one row per source pixel reused by K axons: least memory), "
-        "'replicated' (rows hold all K decision units: K times fewer input and output axons), or 'auto' "
-        "(per layer, whichever needs fewer cores)", choices=("auto", "shared", "replicated"))
+        "'replicated' (rows hold all K decision units: K times fewer input and output axons), 'atoms' "
+        "(shared rows; a conv of a spiking image source also holds the source steps as atoms: one axon "
+        "per weight plane instead of one per step, for about two planes' memory), or 'auto' (per layer, "
+        "whichever needs fewer cores; atoms where no source could serve the readers otherwise)",
+        choices=("auto", "shared", "replicated", "atoms"))
     seed: int = setting(0, "emulator seed (no stochastic parts are used)", range=(0, 2**31 - 1))
     range_samples: int = setting(
         200, "training images of the network's data set whose partial sums set the membrane ranges "

@@ -70,6 +70,8 @@ BASE_LIMIT = 256
 RING_WEIGHT = 128
 #: what a split whose sources cannot send to its readers costs (it loses to any feasible one)
 INFEASIBLE_CORES = 1e6
+#: the synapse-row mode that holds the source steps as atoms (see Lowering._conv_synapses)
+ATOMS = "shared, source steps as atoms"
 
 
 # ---------------------------------------------------------------------------------------
@@ -138,6 +140,8 @@ class Program:
     clock_cores: int = 1
     #: layers whose cores need too many output axons (filled by resources.check_program)
     out_axon_layers: set[str] = field(default_factory=set)
+    #: image layers to re-partition with at most this many pixels a core (idem)
+    pixel_caps: dict[str, int] = field(default_factory=dict)
 
     def origin(self, n: int) -> int:
         """Emulator step tau_n of sample ``n`` (its stage-0 step 0)."""
@@ -218,12 +222,14 @@ class Lowering:
     """Builds a :class:`Program` from an integer network (see the module docstring)."""
 
     def __init__(self, network: Network, config: LoihiConfig, per_core: dict[str, int] | None = None,
-                 observed: dict | None = None, replicated: set[str] | None = None):
+                 observed: dict | None = None, replicated: set[str] | None = None,
+                 pixel_caps: dict[str, int] | None = None):
         self.net = network
         self.cfg = config
         self.K = network.K
         self.P = 2 * self.K
         self.per_core_override = dict(per_core or {})
+        self.pixel_caps = dict(pixel_caps or {})
         self.ranges = layer_ranges(network, observed)
         self.rins: dict[str, ReceiverInput] = receiver_inputs(network)
         self.layers: dict[str, Layer] = {}
@@ -232,6 +238,8 @@ class Lowering:
         self._part_layer: dict[int, Layer] = {}  # id(part) -> its layer
         self.replicate: dict[str, bool] = {}  # layers whose rows hold all K decision units
         self.prefer_replicated = set(replicated or ())  # layers whose sources ran out of output axons
+        self.step_atoms: set[str] = set()  # conv layers whose rows hold the source steps as atoms
+        self._plane_cache: dict[tuple, tuple] = {}
 
     # -- sources ----------------------------------------------------------------------
     def source_for(self, src: str, stage: int) -> Layer:
@@ -331,10 +339,17 @@ class Lowering:
         return out
 
     def _conv_synapses(self, src: Layer, tp: Part, Kt: int, steps: list[tuple[ConvMap, int]],
-                       label: str, replicate: bool = False) -> list[_Pending]:
+                       label: str, replicate: bool = False, step_atoms: bool = False) -> list[_Pending]:
         """Conv synapses into target part ``tp``: rows are kernel slices shared by the source
         pixels with the same border pattern; per source step ``s`` the kernel ``M_s`` times
-        the factor ``f_s`` (see :meth:`_dense_synapses`)."""
+        the factor ``f_s`` (see :meth:`_dense_synapses`).
+
+        With ``step_atoms`` the source steps are atoms too (atom ``channel * K + s``): the
+        products ``M_s * f_s`` of all steps are stacked and split into radix-128 planes
+        (:func:`weight_planes`, exact), one synapse per plane, so a source pixel needs one
+        axon per plane (and decision unit) instead of one per step and power of two of
+        ``f_s``: fewer output axons on the source core for more synapse memory (every
+        plane holds a row for every step)."""
         cm = steps[0][0]
         # taps used by any step (per-step kernels may round some taps to zero)
         support = np.zeros(cm.kernel.shape, bool)
@@ -422,6 +437,8 @@ class Lowering:
             if (group >= 0).any():
                 ch = sp.channels[0] + neuron % sp.n_channels
                 sources.append((sp, comp, group, ch))
+        if step_atoms and not host:
+            return self._atom_synapses(steps, pattern_list, sources, a2w, bases, n_t, label)
         idxs = [np.broadcast_to(np.array([e[0] + offset for e in entries])[None, :], (Ci, len(entries)))
                 for entries, offset in pattern_list]
         planes: dict[int, list[tuple[list, int, int]]] = {}  # id(kernel map) -> [(rows, shift, max |m|)]
@@ -457,6 +474,56 @@ class Lowering:
                     out.append(_Pending(syn, axons))
         return out
 
+    def _atom_synapses(self, steps: list[tuple[ConvMap, int]], pattern_list: list[tuple], sources: list,
+                       a2w: np.ndarray, bases: np.ndarray, n_t: int, label: str) -> list[_Pending]:
+        """Conv synapses with the source steps as atoms (see :meth:`_conv_synapses`): atom
+        ``channel * K + s`` of a row holds ``M_s * f_s``; one synapse per radix-128 plane of
+        those products."""
+        planes = self._step_planes(steps)
+        if not planes:
+            return []
+        Ci = steps[0][0].kernel.shape[1]
+        K = len(steps)
+        idxs = [np.broadcast_to(np.array([e[0] + offset for e in entries])[None, :], (Ci * K, len(entries)))
+                for entries, offset in pattern_list]
+        senders = []
+        for sp, comp, group, ch in sources:
+            step = comp % K
+            valid = (group >= 0) & np.isin(step, [s for s, (_, f) in enumerate(steps) if f])
+            if valid.any():
+                senders.append((sp, valid, group, ch * K + step, int(np.unique(group[valid]).size)))
+        out = []
+        for mk, k in planes:
+            # (K, Co, Ci, kh, kw) -> per pattern (Ci * K atoms, entries), atom = ci * K + s
+            mt = mk.transpose(1, 3, 4, 2, 0)  # (Co, kh, kw, Ci, K)
+            rows = []
+            for entries, _ in pattern_list:
+                f = np.array([e[1] for e in entries])
+                dy = np.array([e[2] for e in entries])
+                dx = np.array([e[3] for e in entries])
+                rows.append(mt[f, dy, dx].reshape(len(entries), Ci * K).T)
+            mmax = int(np.abs(mk).max())
+            exp, _ = synapse_exponent(mmax, k)
+            syn = _synapse(f"{label}.a{k}", [r << k for r in rows], idxs, a2w, bases, exp, 32)
+            axons = []
+            for sp, valid, group, atom, n_ax in senders:
+                for t in range(n_t):
+                    cmap = np.where(valid, group * n_t + t, -1)
+                    axons.append((sp, _axon(f"{label}.a{k}t{t}", syn, cmap, atom, n_ax), 0))
+            out.append(_Pending(syn, axons))
+        return out
+
+    def _step_planes(self, steps: list) -> list[tuple[np.ndarray, int]]:
+        """Radix-128 planes of the products ``M_s * f_s`` stacked over the source steps
+        (cached per map list): what :meth:`_atom_synapses` stores, one synapse per plane."""
+        key = tuple((id(m), int(f)) for m, f in steps)
+        if key not in self._plane_cache:
+            kern = steps[0][0].kernel
+            stack = np.stack([m.kernel.astype(np.int64) * int(f) if f else np.zeros(kern.shape, np.int64)
+                              for m, f in steps])
+            self._plane_cache[key] = (steps, [(m, k) for m, k in weight_planes(stack) if m.any()])
+        return self._plane_cache[key][1]
+
     def _incoming(self, target: Layer, tp: Part, label: str) -> list[_Pending]:
         """Data synapses of one target part (not attached)."""
         rin = self.rins[target.name]
@@ -467,7 +534,9 @@ class Lowering:
             steps = rin.steps(src_name, src.d)
             if (target.image and src.image
                     and all(isinstance(m, ConvMap) and m.out_shape == target.shape for m, _ in steps)):
-                out += self._conv_synapses(src, tp, target.K, steps, lab, self.replicate.get(target.name, False))
+                atoms = target.name in self.step_atoms and steps[0][0].kernel.shape[1] * src.K <= MAX_ATOMS
+                out += self._conv_synapses(src, tp, target.K, steps, lab, self.replicate.get(target.name, False),
+                                           atoms)
             else:
                 dense = self._dense_steps(target.name, src_name, steps)
                 for i, sp in enumerate(src.parts):
@@ -605,6 +674,9 @@ class Lowering:
             cm = steps[0][0]
             if not isinstance(cm, ConvMap):
                 continue
+            # axons per reader and decision unit: one per step, or (steps as atoms) one per plane
+            per_unit = (len(self._step_planes(steps))
+                        if layer.name in self.step_atoms and cm.kernel.shape[1] * src.K <= MAX_ATOMS else src.K)
             _, H, W = cm.in_shape
             Hu, Wu = cm.used
             _, Ho, Wo = cm.out_shape
@@ -622,38 +694,60 @@ class Lowering:
                 else:
                     c0, c1 = 0, Wu
                 readers[r0:r1, c0:c1] += blocks
-            per_pixel = float(readers.max(initial=0)) * src.K * n_t * 2
+            per_pixel = float(readers.max(initial=0)) * per_unit * n_t * 2
             if per_pixel > 0.9 * MAX_OUT_AXONS:
                 # even a source core holding one pixel could not send to that many readers
                 return INFEASIBLE_CORES
-            total += float(readers.sum()) * src.K * n_t * 2 / MAX_OUT_AXONS
+            # every source core holding a pixel (its channel blocks) sends it to every reader
+            holders = np.zeros(H * W)
+            for sp in src.parts:
+                holders[sp.pixels[0]:sp.pixels[1]] += 1
+            total += float((readers.reshape(-1) * holders).sum()) * per_unit * n_t * 2 / MAX_OUT_AXONS
         return total
+
+    def _atoms_apply(self, layer: Layer) -> bool:
+        """Whether ``layer`` reads a conv of a spiking image source (steps as atoms possible:
+        channels x K atoms within :data:`MAX_ATOMS`)."""
+        rin = self.rins[layer.name]
+        for src_name in rin.maps:
+            src = self.layers.get(src_name)
+            if src is not None and src.kind != "host" and src.image:
+                cm = rin.steps(src_name, src.d)[0][0]
+                if isinstance(cm, ConvMap) and cm.kernel.shape[1] * src.K <= MAX_ATOMS:
+                    return True
+        return False
 
     def _partition(self, layer: Layer) -> list[Part]:
         cap = MAX_COMPARTMENTS // layer.K
         if layer.name in self.per_core_override:
             cap = min(cap, self.per_core_override[layer.name])
-        def split(replicate: bool):
-            self.replicate[layer.name] = replicate
+        atoms_ok = layer.image and layer.K > 1 and self._atoms_apply(layer)
+
+        def split(mode: str):
+            self.replicate[layer.name] = mode == "replicated"
+            (self.step_atoms.add if mode == ATOMS else self.step_atoms.discard)(layer.name)
             return partition_layer(layer.name, layer.shape, lambda spec: self._cost(layer, spec), LOIHI_LIMITS,
-                                   max_neurons=max(1, cap), unit_name="compartments", units_per_neuron=layer.K,
+                                   max_neurons=max(1, cap), max_pixels=self.pixel_caps.get(layer.name),
+                                   unit_name="compartments", units_per_neuron=layer.K,
                                    extra_cores=lambda parts: self._source_cores(layer, parts))
 
         # a tie keeps the first: images prefer replicated rows (a conv source pixel fans out
         # to many parts, and replicated rows need K times fewer output axons there), vectors
         # prefer shared rows (K times less memory)
         if layer.K == 1:
-            modes = (("shared", False),)
+            modes = ("shared",)
         elif layer.image:
-            modes = (("replicated", True), ("shared", False))
+            modes = ("replicated", "shared")
         else:
-            modes = (("shared", False), ("replicated", True))
-        if self.cfg.synapse_rows != "auto":
-            modes = tuple(m for m in modes if m[0] == self.cfg.synapse_rows) or (("shared", False),)
+            modes = ("shared", "replicated")
+        if self.cfg.synapse_rows == "atoms":
+            modes = (ATOMS,) if atoms_ok else ("shared",)
+        elif self.cfg.synapse_rows != "auto":
+            modes = tuple(m for m in modes if m == self.cfg.synapse_rows) or ("shared",)
         splits, refusal = {}, None
-        for name, replicate in modes:
+        for mode in modes:
             try:
-                splits[name] = split(replicate)
+                splits[mode] = split(mode)
             except ResourceError as exc:
                 refusal = refusal or exc
         if not splits:
@@ -665,6 +759,25 @@ class Lowering:
             mode = "replicated"
         chosen = splits[mode]
         self.replicate[layer.name] = mode == "replicated"
+        (self.step_atoms.add if mode == ATOMS else self.step_atoms.discard)(layer.name)
+        chosen_extra = self._source_cores(layer, chosen.parts)
+        if (atoms_ok and self.cfg.synapse_rows == "auto"
+                and (layer.name in self.prefer_replicated or chosen_extra >= INFEASIBLE_CORES)):
+            # no source could send to the readers of this split, or a source ran out of output
+            # axons: the source steps as atoms (K / planes times fewer axons a reader), if that
+            # costs fewer cores counting the sources' output axons, and (when the split was
+            # feasible) no more cores for the layer itself (its own readers' input axons grow
+            # with its parts)
+            try:
+                atoms = split(ATOMS)
+                atoms_extra = self._source_cores(layer, atoms.parts)
+            except ResourceError:
+                atoms, atoms_extra = None, INFEASIBLE_CORES
+            if (atoms is not None and len(atoms.parts) + atoms_extra < len(chosen.parts) + chosen_extra
+                    and (chosen_extra >= INFEASIBLE_CORES or len(atoms.parts) <= len(chosen.parts))):
+                chosen, mode = atoms, ATOMS
+        self.replicate[layer.name] = mode == "replicated"
+        (self.step_atoms.add if mode == ATOMS else self.step_atoms.discard)(layer.name)
         layer.split_reason = chosen.why + (f"; synapse rows {mode}" if layer.K > 1 else "")
         return [Part.of(spec) for spec in chosen.parts]
 
@@ -793,8 +906,9 @@ def lower_network(network: Network, config: LoihiConfig, observed: dict | None =
     replicated: set[str] = set()
     readers = {name: set(spiking_sources(network, name))
                for name in (n.name for n in network.order if isinstance(n, (FSActivation, Readout)))}
+    pixel_caps: dict[str, int] = {}
     for _ in range(12):
-        program = Lowering(network, config, overrides, observed, replicated).build()
+        program = Lowering(network, config, overrides, observed, replicated, pixel_caps).build()
         shrink = check_program(program)
         if not shrink:
             return program
@@ -804,4 +918,6 @@ def lower_network(network: Network, config: LoihiConfig, observed: dict | None =
                 replicated |= consumers
                 continue
             overrides[name] = min(per_core, overrides.get(name, per_core))
+            if name in program.pixel_caps:
+                pixel_caps[name] = min(program.pixel_caps[name], pixel_caps.get(name, program.pixel_caps[name]))
     raise ResourceError(f"could not partition layers {sorted(overrides)} within the out-axon limit")

@@ -53,6 +53,15 @@ def check_program(program: Program) -> dict[str, int]:
             if found is not None:
                 per = max(p.n for p in layer.parts)
                 target = layer.source if layer.kind == "relay" else name
+                if layer.image and found.limit.name == "out_axons" and part.pixels[1] - part.pixels[0] > 1:
+                    # an image core's output axons grow with its pixels (its channels are atoms of
+                    # one axon): fewer pixels a core, as many fewer as the use is too large
+                    px = part.pixels[1] - part.pixels[0]
+                    fewer = max(1, min(px - 1, int(px * found.limit.value / found.used * 0.95)))
+                    program.pixel_caps[target] = min(fewer, program.pixel_caps.get(target, fewer))
+                    shrink[target] = shrink.get(target, per)
+                    program.out_axon_layers.add(target)
+                    continue
                 # an image layer's output axons are per pixel (its channels are atoms of one
                 # axon): splitting a pixel's channels over cores does not reduce them
                 floor = (min(p.n_channels for p in layer.parts) if layer.image and found.limit.name == "out_axons"
@@ -85,18 +94,39 @@ def check_program(program: Program) -> dict[str, int]:
     return {}
 
 
+def _validate_axon(axon) -> None:
+    """nengo-loihi's ``validate_axon`` (every compartment's atom is below the number of
+    populations of the synapse row its axon reads), over numpy arrays instead of a Python
+    loop per compartment: the same assertion on the same indices (including the unused
+    axon index -1, which nengo-loihi checks too)."""
+    import numpy as np
+    from nengo_loihi.block import Synapse
+
+    if isinstance(axon.target, Synapse) and axon.compartment_atoms is not None:
+        atoms = np.asarray(axon.compartment_atoms)
+        axon_ids = np.asarray(axon.map_axon(np.arange(len(atoms))))
+        a2w = axon.target.axon_to_weight_map
+        widx = np.asarray(a2w)[axon_ids] if a2w is not None else axon_ids
+        pops = np.array([w.shape[0] for w in axon.target.weights])[widx]
+        assert np.all((atoms >= 0) & (atoms < pops))
+
+
 def _nengo_checks(program: Program) -> None:
-    from nengo_loihi.builder.validate import validate_model
+    import nengo_loihi.builder.validate as nengo_validate
     from nengo_loihi.hardware.allocators import Greedy
     from nengo_loihi.hardware.validate import validate_board
 
     cfg = program.config
+    original = nengo_validate.validate_axon
+    nengo_validate.validate_axon = _validate_axon  # nengo-loihi's check, vectorized
     try:
-        validate_model(program.model)
+        nengo_validate.validate_model(program.model)
         board = Greedy(cores_per_chip=cfg.cores_per_chip)(program.model, n_chips=cfg.chips)
         validate_board(board)
     except (AssertionError, ValueError, Exception) as exc:  # nengo raises BuildError/asserts
         raise ResourceError(f"nengo-loihi rejects the program: {type(exc).__name__}: {exc}") from None
+    finally:
+        nengo_validate.validate_axon = original
     program.board_chips = board.n_chips
 
 

@@ -40,18 +40,22 @@ from fs_hw.errors import ResourceError
 from fs_hw.ir.io import load_network
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "residual_cnn.fsnet"
-CASES = [*conformance.SCENARIOS, "example:residual_cnn"]
+# "atoms:" cases force the conv layers to hold the source steps as atoms (synapse_rows = atoms)
+CASES = [*conformance.SCENARIOS, "example:residual_cnn", "atoms:conv", "atoms:residual", "atoms:example:residual_cnn"]
 N_EXAMPLES = 5  # violation examples quoted per message
 
 
 @cache
 def _lowered(case: str):
+    config = {}
+    if case.startswith("atoms:"):
+        case, config = case[len("atoms:"):], {"synapse_rows": "atoms"}
     if case == "example:residual_cnn":
         net = load_network(EXAMPLE)
     else:
         net, _ = conformance.scenario(case)
     try:
-        return LoihiBackend().lower(net, {}).payload, None
+        return LoihiBackend().lower(net, config).payload, None
     except ResourceError as exc:
         return None, str(exc)
 

@@ -81,3 +81,14 @@ def test_profile_is_integer_and_close_to_float():
     assert np.mean(q.predictions == f.predictions) > 0.95
     # per-step weights (the default) or plain weights: the rounding is stated either way
     assert any("weights rounded" in n or "per-step weights" in n for n in notes)
+
+
+@pytest.mark.parametrize("scenario", ["conv", "residual"])
+def test_source_steps_as_atoms_exact(scenario):
+    # synapse_rows = "atoms": a conv of a spiking image source holds the K source steps as
+    # atoms of radix-128 weight planes; the integers added are the same, so every spike is
+    # the reference's
+    net, x = conformance.scenario(scenario, samples=6, seed=5)
+    art, _ = _check(net, x, {"synapse_rows": "atoms"})
+    atoms = [name for name, lr in art.resources.layers.items() if "source steps as atoms" in lr.split]
+    assert atoms, {name: lr.split for name, lr in art.resources.layers.items()}

@@ -123,3 +123,69 @@ def test_replicated_conv_rows_trade_memory_for_axons():
     in_s = shared.resources.extra["input_axons"]
     in_r = replicated.resources.extra["input_axons"]
     assert in_r < in_s
+
+
+def _out_slots_to(program, source: str, reader: str) -> int:
+    """Output axon slots the cores of ``source`` spend on axons into ``reader``'s synapses."""
+    return sum(ax.axon_slots() for part in program.layers[source].parts for ax in part.block.axons
+               if (ax.label or "").startswith(reader + "["))
+
+
+def test_source_steps_as_atoms_cut_output_axons():
+    # per source pixel and reader core: 2 slots (pop32) x K steps x K decision units with
+    # per-step synapses, 2 x planes x K with the steps as atoms of radix-128 planes
+    K = 6
+    shared = LoihiBackend().lower(_cnn(6, K=K), {"synapse_rows": "shared"})
+    atoms = LoihiBackend().lower(_cnn(6, K=K), {"synapse_rows": "atoms"})
+    assert "source steps as atoms" in atoms.resources.layers["f1"].split
+    assert "source steps as atoms" not in atoms.resources.layers["f0"].split  # read from the host
+    planes = {s.label.split(".a")[-1] for part in atoms.payload.layers["f1"].parts for s in part.block.synapses
+              if "<f0" in s.label}
+    assert 1 <= len(planes) < K
+    s_slots = _out_slots_to(shared.payload, "f0", "f1")
+    a_slots = _out_slots_to(atoms.payload, "f0", "f1")
+    assert shared.resources.layers["f1"].parts == atoms.resources.layers["f1"].parts == 1
+    assert a_slots * K == s_slots * len(planes)
+    # the same weights, about `planes` times the entries
+    s, a = shared.resources.layers["f1"], atoms.resources.layers["f1"]
+    assert s.weights == a.weights
+    assert a.synapse_entries <= len(planes) * s.synapse_entries * 1.01
+
+
+def test_vectorized_axon_check_agrees_with_nengo_loihi():
+    # resources._validate_axon replaces nengo-loihi's per-compartment loop in validate_model
+    from fs_hw_loihi.resources import _validate_axon
+    from nengo_loihi.builder.validate import validate_axon
+
+    program = LoihiBackend().lower(_cnn(6), {"synapse_rows": "atoms"}).payload
+    axons = [ax for block in program.model.blocks for ax in block.axons]
+    assert any(ax.compartment_atoms is not None and np.max(ax.compartment_atoms) > 0 for ax in axons)
+    for ax in axons:
+        validate_axon(ax)
+        _validate_axon(ax)
+    bad = next(ax for ax in axons if ax.target.pop_type == 32 and ax.compartment_atoms is not None)
+    bad.compartment_atoms = np.array(bad.compartment_atoms).copy()
+    bad.compartment_atoms[0] = bad.target.axon_populations(bad.map_axon(np.arange(1))[0])
+    for check in (validate_axon, _validate_axon):
+        with pytest.raises(AssertionError):
+            check(bad)
+
+
+def test_partition_pixel_cap():
+    # fs_hw.lower.partition: a target that found a core short of something sent per pixel
+    # (Loihi: output axons) re-splits with fewer pixels a core, channels unchanged
+    from fs_hw.lower.limits import Limit, LimitTable
+    from fs_hw.lower.partition import partition_layer
+
+    limits = LimitTable((Limit("units", 1024, "compartments", "core"), Limit("axons", 300, "input axons", "core")))
+
+    def cost(part):
+        p = part.pixels[1] - part.pixels[0]
+        return {"units": part.n_channels * p * 4, "axons": (p + 2) * 4}
+
+    free = partition_layer("wide", (2, 16, 16), cost, limits)
+    capped = partition_layer("wide", (2, 16, 16), cost, limits, max_pixels=5)
+    assert free.pixels_per_part > 5
+    assert capped.pixels_per_part <= 5 and capped.channels_per_part == 2
+    assert all(q.pixels[1] - q.pixels[0] <= 5 for q in capped.parts)
+    assert "capped at" in capped.why
