@@ -44,6 +44,7 @@ KNOWN_TARGETS: dict[str, str] = {
     "loihi": "pip install -e backends/loihi  (or: pip install 'fs-hw-loihi')",
     "spinnaker": "pip install -e backends/spinnaker  (or: pip install 'fs-hw-spinnaker')",
     "brainscales2": "pip install -e backends/brainscales2  (or: pip install 'fs-hw-brainscales2')",
+    "nir": "pip install -e backends/nir  (or: pip install 'fs-hw-nir')",
 }
 
 
