@@ -64,7 +64,7 @@ def test_relu_model_has_no_code_warning_and_is_calibrated_once(monkeypatch):
         convert(model, x[:200], search=SearchSpace())
 
 
-def _train_normalised_cnn(x, y, mean, std, seconds_budget_epochs=3):
+def _train_normalised_cnn(x, y, mean, std, epochs=3):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AvgPool2d(2),
                           nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AvgPool2d(2),
@@ -72,7 +72,7 @@ def _train_normalised_cnn(x, y, mean, std, seconds_budget_epochs=3):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     xn = (torch.from_numpy(x) - mean) / std
     yt = torch.from_numpy(y)
-    for _ in range(seconds_budget_epochs):
+    for _ in range(epochs):
         perm = torch.randperm(len(xn))
         for i in range(0, len(xn), 128):
             idx = perm[i:i + 128]
