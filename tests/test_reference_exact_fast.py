@@ -1,4 +1,6 @@
-"""The float32 fast mode (fs_hw.reference.fast32) gives the float64 fast mode's spikes, bit for bit.
+"""The float32 path (fs_hw.reference.fast32) gives the float64 modes' spikes, bit for bit:
+the fast mode's, and the spike-level mode's (whose membranes add the same terms step by
+step, in another order).
 
 Every comparison here is exact: spike trains, spike counts, read-out values (same batch
 split, so the float64 kernels sum in the same order) and predictions. The adversarial
@@ -17,15 +19,16 @@ from hypothesis import strategies as st
 from fs_hw import conformance
 from fs_hw.backend import FLOAT64
 from fs_hw.codes import relu_code
+from fs_hw.errors import ValidationError
 from fs_hw.ir import Add, AvgPool2d, Conv2d, Dense, Flatten, FSActivation, Input, Network, Readout
 from fs_hw.reference import fast32
 from fs_hw.reference.simulator import _Tables, prepare_inputs, run_reference
 
 
-def assert_identical(net, x, library="torch", batch_size=None):
-    """float32 path == float64 path (same library, same batches); returns the float32 run."""
-    a = run_reference(net, x, "fast", record_spikes=True, library=library, batch_size=batch_size, float32=False)
-    b = run_reference(net, x, "fast", record_spikes=True, library=library, batch_size=batch_size, float32=True)
+def assert_identical(net, x, library="torch", batch_size=None, mode="fast"):
+    """float32 path == float64 path (same mode, library and batches); returns the float32 run."""
+    a = run_reference(net, x, mode, record_spikes=True, library=library, batch_size=batch_size, float32=False)
+    b = run_reference(net, x, mode, record_spikes=True, library=library, batch_size=batch_size, float32=True)
     assert a.spike_trains.keys() == b.spike_trains.keys()
     for k in a.spike_trains:
         diff = int((a.spike_trains[k] != b.spike_trains[k]).sum())
@@ -44,11 +47,26 @@ def test_every_scenario(name, library):
     assert r.info["float32_checked"] > 0  # the float32 path ran, not a fallback
 
 
-def test_default_is_float32_for_torch_fast_mode_only():
+RELU_SCENARIOS = [n for n in conformance.SCENARIOS if not n.startswith("code:")]
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize("name", RELU_SCENARIOS)
+def test_every_relu_scenario_spike_mode(name, library):
+    net, x = conformance.scenario(name, samples=40)
+    r = assert_identical(net, x, library, mode="spike")
+    assert r.info["float32_checked"] > 0
+
+
+def test_default_is_float32_for_torch_and_relu_codes_only():
     net, x = conformance.scenario("conv", samples=4)
-    assert "float32_checked" in run_reference(net, x, "fast", library="torch").info
-    assert "float32_checked" not in run_reference(net, x, "fast", library="numpy").info
-    assert "float32_checked" not in run_reference(net, x, "spike", library="torch").info
+    for mode in ("fast", "spike"):
+        assert "float32_checked" in run_reference(net, x, mode, library="torch").info
+        assert "float32_checked" not in run_reference(net, x, mode, library="numpy").info
+    fitted, x = conformance.scenario([n for n in conformance.SCENARIOS if n.startswith("code:")][0], samples=4)
+    assert "float32_checked" not in run_reference(fitted, x, "spike", library="torch").info
+    with pytest.raises(ValidationError, match="in the spike mode ReLU codes on every FS node"):
+        run_reference(fitted, x, "spike", library="torch", float32=True)
 
 
 # -- adversarial: values on the decision boundaries ---------------------------------------
@@ -97,21 +115,22 @@ def _dyadic_net(rng, K: int, rule: str, conv: bool) -> tuple[Network, np.ndarray
     return net, x
 
 
+@pytest.mark.parametrize("mode", ["fast", "spike"])
 @pytest.mark.parametrize("conv", [False, True])
 @pytest.mark.parametrize("rule", [">=", ">"])
-def test_values_on_grid_points_are_settled_by_the_float64_kernels(conv, rule):
+def test_values_on_grid_points_are_settled_by_the_float64_kernels(conv, rule, mode):
     net, x = _dyadic_net(np.random.default_rng(1), 6, rule, conv)
-    r = assert_identical(net, x)
+    r = assert_identical(net, x, mode=mode)
     # the ties cannot be decided from float32 nor from a re-ordered float64 sum
     assert r.info["float32_full64"] > 0
 
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), K=st.integers(2, 8), rule=st.sampled_from([">=", ">"]),
-       conv=st.booleans(), library=st.sampled_from(["numpy", "torch"]))
-def test_property_adversarial_boundaries(seed, K, rule, conv, library):
+       conv=st.booleans(), library=st.sampled_from(["numpy", "torch"]), mode=st.sampled_from(["fast", "spike"]))
+def test_property_adversarial_boundaries(seed, K, rule, conv, library, mode):
     net, x = _dyadic_net(np.random.default_rng(seed), K, rule, conv)
-    assert_identical(net, x, library, batch_size=16)
+    assert_identical(net, x, library, batch_size=16, mode=mode)
 
 
 @pytest.mark.parametrize("name", [n for n in conformance.SCENARIOS if n.startswith("code:")][:4])
@@ -139,11 +158,12 @@ def test_fitted_codes_at_their_thresholds(name):
 
 
 # -- the bound itself -------------------------------------------------------------------
-def _check_bounds(net, x):
-    """|float32 value - float64 value| <= E for every neuron of every checked FS node."""
+def _check_bounds(net, x, mode="fast"):
+    """|float32 value - float64 value| <= E for every neuron of every checked FS node
+    (the float64 value of the fast mode, or the spike mode's membrane at its first step)."""
     xp = prepare_inputs(net, x, FLOAT64)
     tables = {name: _Tables(code, FLOAT64) for name, code in net.codes.items()}
-    plan = fast32.Plan(net, tables, float(np.abs(xp).max()), "torch")
+    plan = fast32.Plan(net, tables, float(np.abs(xp).max()), "torch", mode)
     ch = fast32._Chunk(plan, xp)
     counts, checked = {}, 0
     for node in net.spiking_nodes():
@@ -158,7 +178,7 @@ def _check_bounds(net, x):
         E = plan.check[node.name] + sum((extra[k] for k in plan.data_fs.get(node.name, ())), 0)
         unit = c.grid or 1.0
         t = vals[node.input].astype(np.float64) * (plan.sigma[node.input] / unit)
-        err = np.abs(t - ch.full64(node.input) / unit)
+        err = np.abs(t - ch.exact64(node.input) / unit)
         assert np.all(err <= E), f"{node.name}: error {err.max()} above its bound"
         checked += 1
         fast32._spike_checked(ch, node, c, counts, None)
@@ -169,11 +189,14 @@ def _check_bounds(net, x):
                                   *[n for n in conformance.SCENARIOS if n.startswith("code:")][:2]])
 def test_error_bounds_hold(name):
     _check_bounds(*conformance.scenario(name, samples=64))
+    if not name.startswith("code:"):
+        _check_bounds(*conformance.scenario(name, samples=64), mode="spike")
 
 
-def test_error_bounds_hold_with_large_fan_in_and_cancellation():
+@pytest.mark.parametrize("alpha", [0.37, 0.375])
+def test_error_bounds_hold_with_large_fan_in_and_cancellation(alpha):
     rng = np.random.default_rng(3)
-    act = relu_code(0.37, 8, name="act")  # a grid with a full mantissa
+    act = relu_code(alpha, 8, name="act")  # 0.37: a grid with a full mantissa (a generic code)
     inp = relu_code(1.0, 8, name="in")
     w = rng.normal(0, 1, (64, 3000))
     w[:, 1::2] = -w[:, ::2]  # pairs that cancel: the result is far smaller than sum |w| y
@@ -188,6 +211,9 @@ def test_error_bounds_hold_with_large_fan_in_and_cancellation():
     x = rng.uniform(0, 1, (32, 3000))
     _check_bounds(net, x)
     assert_identical(net, x)
+    if alpha == 0.375:  # the spike mode's float32 path takes ReLU grids only
+        _check_bounds(net, x, mode="spike")
+        assert_identical(net, x, mode="spike")
 
 
 # -- the zoo --------------------------------------------------------------------------------
@@ -209,6 +235,7 @@ def _zoo(name):
 def test_zoo_quick(name):
     net, x = _zoo(name)
     assert_identical(net, x[:32])
+    assert_identical(net, x[:8], mode="spike")
 
 
 @pytest.mark.slow  # 500 test images through every zoo network, twice
@@ -216,6 +243,13 @@ def test_zoo_quick(name):
 def test_zoo_500_images(name):
     net, x = _zoo(name)
     assert_identical(net, x[:500], batch_size=250)
+
+
+@pytest.mark.slow  # the float64 spike-level mode is the slow side: 200 images
+@pytest.mark.parametrize("name", ["mlp", "lenet", "resnet8", "resnet14", "resnet20"])
+def test_zoo_spike_mode_200_images(name):
+    net, x = _zoo(name)
+    assert_identical(net, x[:200], batch_size=100, mode="spike")
 
 
 # -- integer profiles: exact products through float32 digits ----------------------------
@@ -233,11 +267,12 @@ def test_exact_integer_products_match_int64(bits):
     np.testing.assert_array_equal(exact_matmul(xd, wd), xd @ wd)
 
 
-def test_analog_input_and_pooling_before_a_spiking_layer():
+@pytest.mark.parametrize("alpha", [1.7, 1.75])
+def test_analog_input_and_pooling_before_a_spiking_layer(alpha):
     """An uncoded (analog) input rounded to float32, and an average pooling between two
     spiking layers, both inside the float32 path's bounds."""
     rng = np.random.default_rng(5)
-    act = relu_code(1.7, 6, name="act")
+    act = relu_code(alpha, 6, name="act")  # 1.7: a generic code; 1.75: a ReLU grid
     nodes = (
         Input("x", (2, 8, 8), None),
         Conv2d("c0", "x", rng.normal(0, 0.5, (4, 2, 3, 3)), rng.normal(0, 0.1, 4), padding=1),
@@ -253,3 +288,6 @@ def test_analog_input_and_pooling_before_a_spiking_layer():
     x = rng.normal(0, 1, (40, 2, 8, 8))
     _check_bounds(net, x)
     assert_identical(net, x, batch_size=20)
+    if alpha == 1.75:  # the spike mode's float32 path takes ReLU grids only
+        _check_bounds(net, x, mode="spike")
+        assert_identical(net, x, batch_size=20, mode="spike")

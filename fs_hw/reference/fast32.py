@@ -99,15 +99,28 @@ def _torch():
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def plan_for(network: Network, tables: dict, x_abs_max: float, library: str) -> Plan:
+def plan_for(network: Network, tables: dict, x_abs_max: float, library: str, mode: str = "fast") -> Plan:
     """The network's plan, reused across calls (building it costs a few float64
-    convolutions per layer) while the input range and library are the same."""
-    key = (x_abs_max if any(isinstance(n, Input) and n.code is None for n in network.nodes) else None, library)
+    convolutions per layer) while the input range, library and mode are the same."""
+    key = (x_abs_max if any(isinstance(n, Input) and n.code is None for n in network.nodes) else None,
+           library, mode)
     cached = _PLANS.get(network)
     if cached is None or cached[0] != key:
-        cached = (key, Plan(network, tables, x_abs_max, library))
+        cached = (key, Plan(network, tables, x_abs_max, library, mode))
         _PLANS[network] = cached
     return cached[1]
+
+
+def spike_supported(network: Network, tables: dict) -> bool:
+    """Whether the spike-level mode can take the float32 path: every FS node has a ReLU
+    code (the check is the ReLU grid test) and so has every spiking node the read-out
+    reads through linear nodes (its value is replayed from the levels' bits). A
+    spike-coded input with another code (the zoo's round codes) is simulated exactly."""
+    from fs_hw.reference.simulator import _linear_cone
+
+    readout_sources = [network.by_name[n] for n in _linear_cone(network, network.readout.input)]
+    return worthwhile(network, tables) and all(
+        tables[n.code].grid is not None for n in readout_sources if network.is_spiking(n))
 
 
 def worthwhile(network: Network, tables: dict) -> bool:
@@ -142,11 +155,15 @@ class _Code:
 class Plan:
     """What the float32 path needs for one network and one input range, computed once."""
 
-    def __init__(self, network: Network, tables: dict, x_abs_max: float, library: str):
+    def __init__(self, network: Network, tables: dict, x_abs_max: float, library: str, mode: str = "fast"):
         torch = _torch()
         self.net = network
         self.tables = tables
         self.library = library
+        #: whose float64 values the spikes must equal: the fast mode's or the spike mode's
+        self.mode = mode
+        #: spike mode: per FS input node, what the recomputation's bound D adds (_fs_check)
+        self.spike_extra: dict[str, np.ndarray] = {}
         order = network.order
         spiking = {n.name for n in network.spiking_nodes()}
         # nodes computed in float32: linear nodes from which an FS node is reachable
@@ -291,10 +308,14 @@ class Plan:
                 if c.grid is not None:
                     M[name] = np.full(shape, c.levels * c.grid)
                     e32[name] = np.zeros(shape)
+                    e64[name] = np.zeros(shape)
                 else:
                     M[name] = np.full(shape, float(np.abs(c.tables.d).sum()))
                     e32[name] = U32 * M[name]
-                e64[name] = np.zeros(shape)
+                    # the spike mode delivers d(t) z(t) step by step: their exact sum is
+                    # within gamma_K sum|d| of the output y the fast mode passes on
+                    K = c.tables.code.K
+                    e64[name] = gamma(K, U64) * M[name] if self.mode == "spike" else np.zeros(shape)
                 if isinstance(node, FSActivation) and node.input in self.f32:
                     self._fs_check(node, M, e32, e64)
                 continue
@@ -346,6 +367,19 @@ class Plan:
         c = self.codes[node.name]
         src = node.input
         total = SLACK * (e32[src] + e64[src])
+        if self.mode == "spike":
+            # The spike mode's membrane is base + the deliveries of G = stage * K global
+            # steps, each computed through the same bias-free chain of maps, added in
+            # step order. The error formulas are linear in (M, e, |b|), the pieces' exact
+            # magnitudes sum to at most M, so the chains' errors sum to at most e64; the
+            # G + 1 additions of pieces (each at most M + e64 in sum) add
+            # gamma_{G+1} (M + e64) (module doc: "The spike-level mode").
+            G = self.net.stages[node.name] * self.net.K
+            accumulate = gamma(G + 1, U64) * (M[src] + e64[src])
+            total = total + SLACK * accumulate
+            # |v~ - v_spike| <= D (vs the fast mode's v64) + |v64 - v| + |v - v_spike|
+            extra = (2 * e64[src] + accumulate) * SLACK * SLACK
+            self.spike_extra[src] = np.maximum(self.spike_extra.get(src, extra), extra)
         if c.grid is not None:
             E = total / c.grid + 8 * U32 * (c.levels + 2)
         else:
@@ -364,6 +398,7 @@ class _Chunk:
         self.y64: dict[str, np.ndarray] = {}  # other spiking nodes: outputs (float64)
         self.y32: dict[str, np.ndarray] = {}  # ... rounded to float32 (the float32 path's input)
         self.full: dict[str, np.ndarray] = {}
+        self.spike_membranes: dict[str, np.ndarray] | None = None  # spike mode, see exact64
         self.lock = threading.RLock()
         self.pool = None  # a thread pool over chunks, set by run_fast32
         self.threads = _torch().get_num_threads()  # the caller's
@@ -390,6 +425,32 @@ class _Chunk:
                 return self._full64(name)
             finally:
                 torch.set_num_threads(inner)
+
+    def exact64(self, name: str) -> np.ndarray:
+        """The value of FS input node ``name`` exactly as the float64 mode being
+        reproduced computes it: the fast mode's ``full64``, or the spike mode's membrane at
+        the stage's first step (a spike-level run of the batch, once, for the rare neurons
+        on a decision boundary)."""
+        if self.plan.mode != "spike":
+            return self.full64(name)
+        with self.lock:
+            if self.spike_membranes is None:
+                from fs_hw.backend import FLOAT64
+                from fs_hw.reference.simulator import _run_spike, _StepPlan
+
+                torch = _torch()
+                inner = torch.get_num_threads()
+                torch.set_num_threads(self.threads)
+                try:
+                    net = self.plan.net
+                    membranes: dict[str, np.ndarray] = {}
+                    _run_spike(net, self.x, FLOAT64, self.plan.tables, False, self.plan.library,
+                               _StepPlan(net, FLOAT64), membranes_out=membranes)
+                    self.spike_membranes = {net.by_name[k].input: v for k, v in membranes.items()
+                                            if isinstance(net.by_name[k], FSActivation)}
+                finally:
+                    torch.set_num_threads(inner)
+            return self.spike_membranes[name]
 
     def _full64(self, name: str) -> np.ndarray:
         if name in self.full:
@@ -453,10 +514,32 @@ def _run(plan: Plan, x: np.ndarray, record: bool, pool, threads: int) -> RunResu
         else:  # reads the sample or another spiking node directly: float64 values at hand
             _spike_exact(ch, node, c, ch.full64(node.input), counts, trains)
         ch.drop(plan.free_after.get(i, ()))
-    result = _result(net, ch.full64(net.readout.input), counts, trains)
+    if plan.mode == "spike":
+        result = _result(net, _spike_readout(ch), counts, trains)
+    else:
+        result = _result(net, ch.full64(net.readout.input), counts, trains)
     # how many FS neurons were checked, recomputed in float64, settled by the float64 kernels
     result.info.update({f"float32_{k}": plan.stats[k] - before[k] for k in plan.stats})
     return result
+
+
+def _spike_readout(ch: _Chunk) -> np.ndarray:
+    """The spike mode's read-out value: its deliveries replayed, step by step, from the
+    spike trains of the ReLU levels the read-out's cone reads (kept to the end, see
+    Plan._lifetimes), with the spike mode's own code, so it is the same to the last bit."""
+    from fs_hw.backend import FLOAT64
+    from fs_hw.reference.simulator import _StepPlan, spike_readout
+
+    plan = ch.plan
+    net = plan.net
+    trains = {name: _relu_train(q, plan.codes[name].tables.code.K) for name, q in ch.q.items()}
+    torch = _torch()
+    inner = torch.get_num_threads()
+    torch.set_num_threads(ch.threads)
+    try:
+        return spike_readout(net, ch.x, trains, plan.tables, plan.library, _StepPlan(net, FLOAT64))
+    finally:
+        torch.set_num_threads(inner)
 
 
 def _cone(plan: Plan, name: str) -> list[str]:
@@ -632,12 +715,14 @@ def _decide_relu(ch: _Chunk, src: str, c: _Code, t: np.ndarray, E, offset: int, 
     _tally(plan, t.size, flagged.size)
     if flagged.size:
         v, D = _recompute(ch, src, flagged + offset)
+        if plan.mode == "spike":
+            D = D + plan.spike_extra[src].reshape(-1)[flagged % plan.spike_extra[src].size]
         lo, hi = _interval(v, D)
         qlo = _relu_levels(lo, c)
         bad = qlo != _relu_levels(hi, c)
         _tally(plan, full64=int(bad.sum()))
         if bad.any():
-            exact = ch.full64(src).reshape(-1)[flagged[bad] + offset]
+            exact = ch.exact64(src).reshape(-1)[flagged[bad] + offset]
             qlo[bad] = _relu_levels(exact, c)
         q.reshape(-1)[flagged] = qlo
 

@@ -178,12 +178,14 @@ def run_reference(
     tables = {name: _Tables(code, profile) for name, code in network.codes.items()}
     plan = _StepPlan(network, profile)
     step = batch_size or len(x) or 1
-    use32 = mode == "fast" and fast32.supported(network, profile, record_spikes)
+    use32 = fast32.supported(network, profile, record_spikes) and (
+        mode == "fast" or fast32.spike_supported(network, tables))
     use32 = use32 and (library == "torch" and fast32.worthwhile(network, tables) if float32 is None else float32)
     if float32 and not use32:
         raise ValidationError("run_reference", "float32",
-                              "needs the fast mode, the float64 profile, no per-step weights and torch")
-    plan32 = fast32.plan_for(network, tables, float(np.abs(x).max(initial=0)), library) if use32 else None
+                              "needs the float64 profile, no per-step weights, torch, and in the spike "
+                              "mode ReLU codes on every FS node and on the spiking nodes the read-out reads")
+    plan32 = fast32.plan_for(network, tables, float(np.abs(x).max(initial=0)), library, mode) if use32 else None
     parts = []
     for start in range(0, max(len(x), 1), step):
         chunk = x[start : start + step]
@@ -324,7 +326,10 @@ def _step_weighted_fast(network, node, raw, library, dtype, plan) -> np.ndarray:
     return out
 
 
-def _run_spike(network, x, profile, tables, record, library, plan) -> RunResult:
+def _run_spike(network, x, profile, tables, record, library, plan, membranes_out: dict | None = None) -> RunResult:
+    """The spike-level mode on one batch. ``membranes_out``, if given, receives every FS
+    node's membrane at its stage's first step (base + accumulated deliveries), which is
+    what :mod:`fs_hw.reference.fast32` falls back to for neurons on a decision boundary."""
     dtype = np.dtype(profile.dtype)
     K = network.K
     stages = network.stages
@@ -355,6 +360,8 @@ def _run_spike(network, x, profile, tables, record, library, plan) -> RunResult:
                     v = _value(base, node.input, n, network, dtype) + accumulators[node.name]
                 _check_membrane(node, v, profile)
                 membranes[node.name] = v
+                if membranes_out is not None:
+                    membranes_out[node.name] = v.copy()
             v, z = fs_step(membranes[node.name], t, tab.T, tab.h, tab.rule)
             membranes[node.name] = v
             counts[node.name] += _count(z)
@@ -377,12 +384,57 @@ def _run_spike(network, x, profile, tables, record, library, plan) -> RunResult:
     return _result(network, outputs, counts, trains)
 
 
+def spike_readout(network: Network, x: np.ndarray, trains: dict, tables: dict, library: str,
+                  plan: _StepPlan) -> np.ndarray:
+    """The spike-level mode's read-out value from known spike trains (``{node: (N, K, ...)}``
+    for every spiking node the read-out's linear cone reads): the same deliveries, in the
+    same global step order, as :func:`_run_spike`, restricted to that cone, so the value is
+    the same to the last bit (each node's value depends only on its own inputs)."""
+    dtype = np.dtype(np.float64)
+    n = len(x)
+    K, stages = network.K, network.stages
+    cone = _linear_cone(network, network.readout.input)
+    sources = [network.by_name[s] for s in cone if network.is_spiking(network.by_name[s])]
+    base = _propagate(network, {}, x, bias=True, library=library, dtype=dtype, n=n, plan=plan, only=cone)
+    acc = np.zeros((n, *network.shapes[network.readout.name]), dtype)
+    for g in range(max(stages[network.readout.name], 0) * K):
+        events = {}
+        for node in sources:
+            t = g - stages[node.name] * K
+            if 0 <= t < K:
+                z = trains[node.name][:, t]
+                if z.any():
+                    events[node.name] = tables[node.code].d[t] * z
+        if events:
+            value = _propagate(network, events, x, bias=False, library=library, dtype=dtype, n=n, plan=plan,
+                               only=cone).get(network.readout.input)
+            if value is not None:
+                acc += value
+    return _value(base, network.readout.input, n, network, dtype) + acc
+
+
+def _linear_cone(network: Network, name: str) -> set[str]:
+    """``name`` and every node it is computed from through linear nodes (the spiking nodes
+    and the analog input where that stops included)."""
+    cone: set[str] = set()
+    stack = [name]
+    while stack:
+        node = network.by_name[stack.pop()]
+        if node.name in cone:
+            continue
+        cone.add(node.name)
+        if node.linear and not network.is_spiking(node):
+            stack.extend(node.inputs)
+    return cone
+
+
 def _value(values: dict, name: str, n: int, network: Network, dtype) -> np.ndarray:
     v = values.get(name)
     return np.zeros((n, *network.shapes[name]), dtype) if v is None else v
 
 
-def _propagate(network, events, x, bias, library, dtype, n, plan, raw=None, g=0) -> dict[str, np.ndarray | None]:
+def _propagate(network, events, x, bias, library, dtype, n, plan, raw=None, g=0,
+               only: set[str] | None = None) -> dict[str, np.ndarray | None]:
     """Values of all non-spiking nodes given the spiking nodes' events this step.
 
     With ``bias=False`` a node none of whose inputs carries an event stays ``None``
@@ -395,6 +447,8 @@ def _propagate(network, events, x, bias, library, dtype, n, plan, raw=None, g=0)
     carried: dict[str, np.ndarray | None] = dict(raw or {})
     stages, K = network.stages, network.K
     for node in network.order:
+        if only is not None and node.name not in only:
+            continue
         if network.is_spiking(node):
             values[node.name] = events.get(node.name)
         elif isinstance(node, Input):  # analog input, stated in the IR
