@@ -69,6 +69,21 @@ def test_default_is_float32_for_torch_and_relu_codes_only():
         run_reference(fitted, x, "spike", library="torch", float32=True)
 
 
+def test_reduced_precision_float32_settings_take_the_float64_path():
+    import torch
+
+    net, x = conformance.scenario("conv", samples=4)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")  # may let oneDNN use bf16 inside float32 ops
+    try:
+        r = run_reference(net, x, "fast", library="torch")
+        assert "float32_checked" not in r.info
+        with pytest.raises(ValidationError, match="float32"):
+            run_reference(net, x, "fast", library="torch", float32=True)
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 # -- adversarial: values on the decision boundaries ---------------------------------------
 def _dyadic_net(rng, K: int, rule: str, conv: bool) -> tuple[Network, np.ndarray]:
     """Weights m/16, inputs on the input code's grid 2^-K, biases on half the hidden grid

@@ -138,9 +138,23 @@ def supported(network: Network, profile, record: bool) -> bool:
     if network.step_sources:
         return False
     try:
-        _torch()
+        torch = _torch()
     except ImportError:
         return False
+    return _ieee_float32(torch)
+
+
+def _ieee_float32(torch) -> bool:
+    """Whether torch's float32 convolutions and products round as IEEE float32: the
+    bounds assume it; a process that allowed bf16/tf32 internals (``torch.
+    set_float32_matmul_precision("medium")``, ``torch.backends.mkldnn.*.fp32_precision``)
+    gets the float64 path instead."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    mkldnn = torch.backends.mkldnn
+    for setting in (mkldnn, getattr(mkldnn, "conv", None), getattr(mkldnn, "matmul", None)):
+        if getattr(setting, "fp32_precision", "none") not in ("none", "ieee"):
+            return False
     return True
 
 
@@ -215,7 +229,7 @@ class Plan:
                     self.w32[node.name] = torch.from_numpy(np.ascontiguousarray(w))
                     self.b32[node.name] = torch.from_numpy(b)
                 else:
-                    self.w32[node.name] = np.ascontiguousarray(w.T)
+                    self.w32[node.name] = torch.from_numpy(np.ascontiguousarray(w.T))
                     self.b32[node.name] = b
         self._data_bounds(network)
         self._bounds(network, spiking, x_abs_max)
@@ -599,7 +613,10 @@ def _forward32(ch: _Chunk, cone: list[str], rows: slice) -> tuple[dict, dict]:
             if bmap:
                 out += plan.b32[name]
         elif isinstance(node, Dense):
-            out = ins[0] @ plan.w32[name]
+            # torch's matmul, single-threaded in the chunks' pool (numpy's multithreaded
+            # BLAS called from the pool's threads contends with them)
+            with torch.no_grad():
+                out = torch.from_numpy(np.ascontiguousarray(ins[0])).matmul(plan.w32[name]).numpy()
             out += plan.b32[name]
         elif isinstance(node, Add):
             sig = plan.sigma[name]
@@ -861,13 +878,16 @@ def _recompute_conv(ch: _Chunk, node: Conv2d, flat: np.ndarray):
     wabs = np.abs(w)
     v = np.empty(P)
     mag = np.empty(P)
-    # one matrix-vector product per output channel (neurons sorted by channel)
+    # one matrix-vector product per output channel (neurons sorted by channel); einsum, not
+    # BLAS: these products are small, and a multithreaded BLAS called from the chunks'
+    # threads on a busy machine spent 20x longer on them (any order of the sums is
+    # inside the bound D)
     starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
     if not relu:
         absp = np.abs(patch)
     for a, z in zip(starts, np.r_[starts[1:], P]):
-        np.dot(patch[a:z], w[c[a]], out=v[a:z])
-        np.dot(patch[a:z] if relu else absp[a:z], wabs[c[a]], out=mag[a:z])  # levels are >= 0
+        np.einsum("pn,n->p", patch[a:z], w[c[a]], out=v[a:z])
+        np.einsum("pn,n->p", patch[a:z] if relu else absp[a:z], wabs[c[a]], out=mag[a:z])  # levels are >= 0
     bias = node.bias_for_output()
     bias = bias[c, i if bias.shape[1] > 1 else 0, j if bias.shape[2] > 1 else 0]
     v += bias

@@ -183,7 +183,8 @@ def run_reference(
     use32 = use32 and (library == "torch" and fast32.worthwhile(network, tables) if float32 is None else float32)
     if float32 and not use32:
         raise ValidationError("run_reference", "float32",
-                              "needs the float64 profile, no per-step weights, torch, and in the spike "
+                              "needs the float64 profile, no per-step weights, torch with IEEE float32 "
+                              "(float32 matmul precision 'highest'), and in the spike "
                               "mode ReLU codes on every FS node and on the spiking nodes the read-out reads")
     plan32 = fast32.plan_for(network, tables, float(np.abs(x).max(initial=0)), library, mode) if use32 else None
     parts = []
