@@ -32,6 +32,7 @@ Layout (see ``docs/loihi.md`` for the derivation):
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,6 +241,7 @@ class Lowering:
         self.prefer_replicated = set(replicated or ())  # layers whose sources ran out of output axons
         self.step_atoms: set[str] = set()  # conv layers whose rows hold the source steps as atoms
         self._plane_cache: dict[tuple, tuple] = {}
+        self._arrays: dict[tuple, list[np.ndarray]] = {}  # interned axon maps, see _interned
 
     # -- sources ----------------------------------------------------------------------
     def source_for(self, src: str, stage: int) -> Layer:
@@ -282,12 +284,12 @@ class Lowering:
             weights = [np.full((1, 1), RING_WEIGHT) for _ in range(n_groups)]
             indices = [np.full((1, 1), g * BASE_LIMIT) for g in range(n_groups)]
             syn = _synapse(f"{key}[{i}].in", weights, indices, group, comp - group * BASE_LIMIT, 0, 0)
-            ax = _axon(f"{key}[{i}].in", syn, comp, np.zeros(comp.size))
+            ax = self._axon(f"{key}[{i}].in", syn, comp, np.zeros(comp.size))
         else:
             weights = [np.full((n, 1), RING_WEIGHT) for _ in range(K)]
             indices = [(np.arange(n) * K + s)[:, None] for s in range(K)]
             syn = _synapse(f"{key}[{i}].in", weights, indices, np.arange(K), np.zeros(K), 0, 32)
-            ax = _axon(f"{key}[{i}].in", syn, comp % K, comp // K)
+            ax = self._axon(f"{key}[{i}].in", syn, comp % K, comp // K)
         tp.block.add_synapse(syn)
         self._attach(prev, sp, ax, 0)
 
@@ -335,7 +337,7 @@ class Lowering:
                     atoms = (comp // K).astype(np.int32)  # shared by the n_t axons
                     for t in range(n_t):
                         cmap = np.full(comp.size, t) if host else np.where(comp % K == s, t, -1)
-                        axons.append((sp, _axon(f"{label}.s{s}t{t}", syn, cmap, atoms), s))
+                        axons.append((sp, self._axon(f"{label}.s{s}t{t}", syn, cmap, atoms), s))
                     out.append(_Pending(syn, axons))
         return out
 
@@ -474,7 +476,7 @@ class Lowering:
                     for sp, valid, group, ch, n_ax in senders:
                         for t in range(n_t):
                             cmap = np.where(valid, group * n_t + t, -1)
-                            axons.append((sp, _axon(f"{label}.s{s}t{t}", syn, cmap, ch, n_ax), s))
+                            axons.append((sp, self._axon(f"{label}.s{s}t{t}", syn, cmap, ch, n_ax), s))
                     out.append(_Pending(syn, axons))
         return out
 
@@ -513,7 +515,7 @@ class Lowering:
             for sp, valid, group, atom, n_ax in senders:
                 for t in range(n_t):
                     cmap = np.where(valid, group * n_t + t, -1)
-                    axons.append((sp, _axon(f"{label}.a{k}t{t}", syn, cmap, atom, n_ax), 0))
+                    axons.append((sp, self._axon(f"{label}.a{k}t{t}", syn, cmap, atom, n_ax), 0))
             out.append(_Pending(syn, axons))
         return out
 
@@ -580,13 +582,13 @@ class Lowering:
                 bases = (neuron * K - group * G)[sel]
                 syn = _synapse(f"{label}.inh{exp}", weights, indices, a2w, bases, exp, 0)
                 cmap = np.where(sel, np.cumsum(sel) - 1, -1)
-                ax = _axon(f"{label}.inh{exp}", syn, cmap, np.zeros(comp.size))
+                ax = self._axon(f"{label}.inh{exp}", syn, cmap, np.zeros(comp.size))
             else:
                 weights = [np.full((c, K - 1 - s), plane[s]) for s in range(K - 1)]
                 indices = [np.arange(c)[:, None] * K + np.arange(s + 1, K)[None, :] for s in range(K - 1)]
                 syn = _synapse(f"{label}.inh{exp}", weights, indices, np.arange(K - 1), np.zeros(K - 1), exp, 32)
                 cmap = np.where(step < K - 1, step, -1)
-                ax = _axon(f"{label}.inh{exp}", syn, cmap, neuron)
+                ax = self._axon(f"{label}.inh{exp}", syn, cmap, neuron)
             tp.block.add_axon(ax)
             out.append(syn)
         return out
@@ -638,7 +640,7 @@ class Lowering:
             cmap = -np.ones(self.P, np.int64)
             for i, r in enumerate(rs):
                 cmap[r] = i
-            ax = _axon(f"{label}.clk{exp}", syn, cmap, np.zeros(self.P))
+            ax = self._axon(f"{label}.clk{exp}", syn, cmap, np.zeros(self.P))
             out.append((syn, ax))
         return out
 
@@ -649,10 +651,14 @@ class Lowering:
         whole program, see :func:`fs_hw_loihi.resources.check_program`)."""
         part = Part.of(spec)
         part.block = _block("trial", part.n * layer.K, 64)
-        syns = [p.synapse for p in self._incoming(layer, part, "trial")]
-        if layer.kind == "fs":
-            syns += self._inhibition(layer, part, "trial")
-        syns += [s for s, _ in self._clock_synapses(layer, part, "trial")]
+        kept, self._arrays = self._arrays, {}  # a trial's axon maps are not kept
+        try:
+            syns = [p.synapse for p in self._incoming(layer, part, "trial")]
+            if layer.kind == "fs":
+                syns += self._inhibition(layer, part, "trial")
+            syns += [s for s, _ in self._clock_synapses(layer, part, "trial")]
+        finally:
+            self._arrays = kept
         for s in syns:
             part.block.add_synapse(s)
         _unify_formats(part.block)
@@ -812,11 +818,11 @@ class Lowering:
             ring_i = [((np.arange(self.P) + 1) % self.P)[:, None]]
             ring = _synapse(f"{label}.ring", ring_w, ring_i, [0], [0], 0, 32)
             clock.add_synapse(ring)
-            ring_axon = _axon(f"{label}.ring", ring, np.zeros(self.P), np.arange(self.P))
+            ring_axon = self._axon(f"{label}.ring", ring, np.zeros(self.P), np.arange(self.P))
             clock.add_axon(ring_axon)
             start_syn = _synapse(f"{label}.start", [np.array([[RING_WEIGHT]])], [np.array([[0]])], [0], [0], 0, 0)
             clock.add_synapse(start_syn)
-            start.add_axon(_axon(f"{label}.start", start_syn, np.zeros(1), np.zeros(1)))
+            start.add_axon(self._axon(f"{label}.start", start_syn, np.zeros(1), np.zeros(1)))
             clocks.append([clock, ring_axon.axon_slots()])
 
         new_clock()
@@ -887,6 +893,24 @@ class Lowering:
             layers=self.layers, clock_start=start, resources={}, config=self.cfg, clock_cores=len(clocks),
         )
         return program
+
+    def _axon(self, label: str, target: Synapse, comp_map: np.ndarray, atoms: np.ndarray,
+              n: int | None = None) -> Axon:
+        """:func:`_axon` with its two per-compartment arrays interned: equal maps (a source
+        part read by the channel blocks of one pixel range, the decision units' atoms) are
+        one read-only int32 array, not a copy per axon. A K = 16 conv core holds hundreds
+        of axons, and these arrays were most of the lowering's memory."""
+        return _axon(label, target, self._interned(comp_map), self._interned(atoms), n)
+
+    def _interned(self, a: np.ndarray) -> np.ndarray:
+        a = np.ascontiguousarray(a, np.int32)
+        key = (a.shape, hashlib.blake2b(a.data, digest_size=16).digest())
+        for kept in self._arrays.get(key, ()):
+            if np.array_equal(kept, a):  # the digest picks the bucket, equality decides
+                return kept
+        a.flags.writeable = False  # shared: nothing may change it in place
+        self._arrays.setdefault(key, []).append(a)
+        return a
 
     def _layer_of_part(self, part: Part) -> Layer:
         if len(self._part_layer) != sum(len(layer.parts) for layer in self.layers.values()):
