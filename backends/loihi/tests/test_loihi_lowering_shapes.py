@@ -87,6 +87,11 @@ def test_layer_that_needs_channel_splits_is_exact():
     layer = art.resources.layers["f1"]
     assert "of 32 channels" in layer.split and "of 32 of 32 channels" not in layer.split
     assert layer.parts > 1
+    # the channel blocks of one pixel range read a source part through equal axon maps:
+    # one shared, read-only array (the lowering's memory), not a copy per axon
+    maps = [ax.compartment_map for block in art.payload.model.blocks for ax in block.axons]
+    assert all(not m.flags.writeable for m in maps)
+    assert len({id(m) for m in maps}) < len(maps) / 2
     _exact(art, x)
 
 
