@@ -3,7 +3,7 @@
 import numpy as np
 
 from fs_hw.codes import relu_code
-from fs_hw.ir import Add, Dense, FSActivation, Input, Network, Readout
+from fs_hw.ir import Add, Conv2d, Dense, Flatten, FSActivation, Input, Network, Readout
 
 EMULATOR: dict = {}  # the emulator is the runner chosen when NxSDK is absent
 
@@ -28,3 +28,21 @@ def skip_network(seed: int = 5, K: int = 5) -> Network:
         Readout("out", "sum"),
     ]
     return Network(tuple(nodes), {"in": inp, "act": act}, {"scenario": "skip"})
+
+
+def wide_conv(C: int = 32, K: int = 8, seed: int = 0) -> Network:
+    """32 -> 32 channels, 3x3 taps, K = 8: all channels of one output pixel need more than
+    a core's synapse memory, so the partitioner splits output channels over cores."""
+    rng = np.random.default_rng(seed)
+    inp, act = relu_code(1.0, K, ">=", name="in"), relu_code(2.0, K, ">=", name="act")
+    nodes = (
+        Input("x", (C, 3, 3), "in"),
+        Conv2d("c0", "x", rng.normal(0, 0.3, (C, C, 1, 1)), np.zeros(C)),
+        FSActivation("f0", "c0", "act"),
+        Conv2d("c1", "f0", rng.normal(0, 0.05, (C, C, 3, 3)), np.zeros(C), padding=1),
+        FSActivation("f1", "c1", "act"),
+        Flatten("fl", "f1"),
+        Dense("d", "fl", rng.normal(0, 0.05, (4, C * 9)), np.zeros(4)),
+        Readout("out", "d"),
+    )
+    return Network(nodes, {"in": inp, "act": act}, {"name": "wide_conv"})

@@ -32,6 +32,7 @@ pytest.importorskip("nengo_loihi")
 
 import nxsdk_standin
 from fs_hw_loihi.backend import LoihiBackend
+from loihi_nets import wide_conv
 from nengo_loihi.builder.discretize import discretize_weights
 from nengo_loihi.hardware.allocators import Greedy
 
@@ -41,7 +42,10 @@ from fs_hw.ir.io import load_network
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "residual_cnn.fsnet"
 # "atoms:" cases force the conv layers to hold the source steps as atoms (synapse_rows = atoms)
-CASES = [*conformance.SCENARIOS, "example:residual_cnn", "atoms:conv", "atoms:residual", "atoms:example:residual_cnn"]
+# "wide_conv": a layer whose output channels are split over cores (one source pixel read
+# by several reader cores)
+CASES = [*conformance.SCENARIOS, "example:residual_cnn", "atoms:conv", "atoms:residual", "atoms:example:residual_cnn",
+         "wide_conv", "atoms:wide_conv"]
 N_EXAMPLES = 5  # violation examples quoted per message
 
 
@@ -52,6 +56,8 @@ def _lowered(case: str):
         case, config = case[len("atoms:"):], {"synapse_rows": "atoms"}
     if case == "example:residual_cnn":
         net = load_network(EXAMPLE)
+    elif case == "wide_conv":
+        net, config = wide_conv(), {**config, "chips": 2}
     else:
         net, _ = conformance.scenario(case)
     try:

@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("nengo_loihi")
 
 from fs_hw_loihi.backend import LoihiBackend
+from loihi_nets import wide_conv
 
 from fs_hw import conformance
 from fs_hw.codes import relu_code
@@ -62,26 +63,10 @@ def test_conv_after_pool_is_one_strided_kernel_and_exact():
     _exact(art, x)
 
 
-def _wide_conv(C=32, K=8, seed=0):
-    rng = np.random.default_rng(seed)
-    inp, act = relu_code(1.0, K, ">=", name="in"), relu_code(2.0, K, ">=", name="act")
-    nodes = (
-        Input("x", (C, 3, 3), "in"),
-        Conv2d("c0", "x", rng.normal(0, 0.3, (C, C, 1, 1)), np.zeros(C)),
-        FSActivation("f0", "c0", "act"),
-        Conv2d("c1", "f0", rng.normal(0, 0.05, (C, C, 3, 3)), np.zeros(C), padding=1),
-        FSActivation("f1", "c1", "act"),
-        Flatten("fl", "f1"),
-        Dense("d", "fl", rng.normal(0, 0.05, (4, C * 9)), np.zeros(4)),
-        Readout("out", "d"),
-    )
-    return Network(nodes, {"in": inp, "act": act}, {"name": "wide_conv"})
-
-
 def test_layer_that_needs_channel_splits_is_exact():
     # 32 -> 32 channels, 3x3 taps, K = 8: all channels of one output pixel need more than a
     # core's synapse memory, so the partitioner must split output channels
-    net = _wide_conv()
+    net = wide_conv()
     x = np.random.default_rng(2).uniform(0, 1, (2, 32, 3, 3))
     art = LoihiBackend().lower(net, {"chips": 2})
     layer = art.resources.layers["f1"]
