@@ -231,6 +231,32 @@ def test_error_bounds_hold_with_large_fan_in_and_cancellation(alpha):
         assert_identical(net, x, mode="spike")
 
 
+def test_error_bounds_hold_for_a_wide_conv_of_sparse_levels():
+    """The per-sample bound counts a window's nonzero inputs (m + 4 roundings per term
+    instead of n + 4): a 128-channel 3x3 convolution (n = 1152) of mostly-zero levels,
+    with weights that cancel, checked neuron by neuron."""
+    rng = np.random.default_rng(7)
+    act = relu_code(0.375, 8, name="act")
+    inp = relu_code(1.0, 8, name="in")
+    w0 = rng.normal(0, 0.3, (128, 2, 1, 1))
+    w1 = rng.normal(0, 1, (8, 128, 3, 3))
+    w1[:, 1::2] = -w1[:, ::2]  # channel pairs that cancel
+    nodes = (
+        Input("x", (2, 6, 6), "in"),
+        Conv2d("c0", "x", w0, rng.normal(-0.3, 0.3, 128)),  # most levels 0
+        FSActivation("f0", "c0", "act"),
+        Conv2d("c1", "f0", w1 * 0.02, rng.normal(0, 0.1, 8), padding=1),
+        FSActivation("f1", "c1", "act"),
+        Flatten("fl", "f1"),
+        Dense("d", "fl", rng.normal(0, 0.2, (3, 8 * 36)), np.zeros(3)),
+        Readout("out", "d"),
+    )
+    net = Network(nodes, {"in": inp, "act": act}, {"name": "sparse-wide"})
+    x = rng.uniform(0, 1, (32, 2, 6, 6))
+    _check_bounds(net, x)
+    assert_identical(net, x)
+
+
 # -- the zoo --------------------------------------------------------------------------------
 def _zoo(name):
     from fs_hw.errors import MissingDependencyError
