@@ -394,8 +394,10 @@ class _Quantizer:
         if not self.cfg.step_weights:
             return None
         # a node feeding a residual add shares the add's unit with the skip path, which the
-        # membrane-range pass cannot coarsen past the skip's own unit: keep w and d(t) exact
-        if any(isinstance(self.net.by_name[c], Add) for c in self.net.consumers[node.name]):
+        # membrane-range pass cannot coarsen past the skip's own unit: by default w and d(t)
+        # stay exact apart (residual_step_weights: per-step weights in the add's unit)
+        if not self.cfg.residual_step_weights and any(
+                isinstance(self.net.by_name[c], Add) for c in self.net.consumers[node.name]):
             return None
         try:
             src, chain = self.net.step_source(node.name)

@@ -30,6 +30,17 @@ def test_conformance(scenario):
         assert comparison.readout_equal and comparison.compared_spikes > 0
 
 
+def test_residual_step_weights_conform():
+    """Per-step weights on the layer that feeds the residual add (residual_step_weights):
+    the add mixes a per-step operand with the plain skip, spike-exact on the emulator."""
+    comparisons = conformance.assert_conforms(LoihiBackend(), "residual", {"residual_step_weights": True})
+    assert comparisons
+    q = LoihiBackend().quantize(conformance.scenario("residual")[0], {"residual_step_weights": True})
+    net = q.network
+    assert any(getattr(n, "step_weight", None) is not None and
+               any(type(net.by_name[c]).__name__ == "Add" for c in net.consumers[n.name]) for n in net.nodes)
+
+
 @pytest.mark.parametrize("scenario", ["mlp_relu_gt", "residual"])
 def test_conformance_chunked_pipeline(scenario):
     # 8 samples in runs of 3: samples overlap in the pipeline and runs restart cleanly
