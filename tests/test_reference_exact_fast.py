@@ -232,9 +232,8 @@ def test_error_bounds_hold_with_large_fan_in_and_cancellation(alpha):
 
 
 def test_error_bounds_hold_for_a_wide_conv_of_sparse_levels():
-    """The per-sample bound counts a window's nonzero inputs (m + 4 roundings per term
-    instead of n + 4): a 128-channel 3x3 convolution (n = 1152) of mostly-zero levels,
-    with weights that cancel, checked neuron by neuron."""
+    """The per-sample bound of a 128-channel 3x3 convolution (n = 1152) of mostly-zero
+    levels, with weights that cancel, checked neuron by neuron."""
     rng = np.random.default_rng(7)
     act = relu_code(0.375, 8, name="act")
     inp = relu_code(1.0, 8, name="in")

@@ -273,18 +273,10 @@ class Plan:
         :math:`1 - \\gamma_{m}` (m = input channels + 1), which the weights' factor
         covers. ``data_fs``: per FS node, the convolutions (direct, or through one add)
         whose maps are added to its check; ``data_w``: their 1x1 weights, in the FS node's
-        grid units.
-
-        A product with a zero input is an exact 0 and an addition with an exact-zero
-        operand is exact, so in any summation tree a term meets at most ``m - 1`` rounded
-        additions, ``m`` the window's nonzero inputs (the other subtrees along its path
-        are disjoint, and each rounds only if it holds a nonzero term): the factor's
-        :math:`\\gamma_{n+4}` is scaled per window by ``(m + 4) / (n + 4)``
-        (``data_scale``), ``m`` counted exactly in float32."""
+        grid units."""
         torch = _torch()
         self.data_fs: dict[str, list[str]] = {}
         self.data_w: dict[str, object] = {}
-        self.data_scale: dict[str, np.float32] = {}
         self.ones: dict[tuple, object] = {}
         by = network.by_name
 
@@ -311,13 +303,8 @@ class Plan:
                 factor = gamma(n + 4, U32) * s_in / unit / (1 - gamma(w.shape[1] + 2, U32)) * SLACK
                 wmax = np.abs(w).max(axis=(2, 3), keepdims=True) * factor * (1 + 4 * U32)
                 self.data_w[name] = torch.from_numpy(np.ascontiguousarray(wmax.astype(np.float32)))
-                # the factor's n + 4 roundings per term become m + 4 (m nonzero inputs in the
-                # window, counted exactly in float32): (m + 4) / (n + 4), two float32
-                # roundings of the scaling covered by (1 + 4u)
-                self.data_scale[name] = np.float32((1 + 4 * U32) / (n + 4))
                 cin, kh, kw = w.shape[1:]
                 self.ones[(cin, kh, kw)] = torch.ones((cin, 1, kh, kw))
-                self.ones[(1, kh, kw)] = torch.ones((1, 1, kh, kw))
             if convs:
                 self.data_fs[node.name] = convs
 
@@ -622,12 +609,7 @@ def _forward32(ch: _Chunk, cone: list[str], rows: slice) -> tuple[dict, dict]:
                     mag = xin if node.inputs[0] in ch.q else xin.abs()  # levels q are >= 0
                     box = torch.nn.functional.conv2d(mag, plan.ones[(cin, kh, kw)], None, node.stride,
                                                      node.padding, groups=cin)
-                    bound = torch.nn.functional.conv2d(box, plan.data_w[name])
-                    # gamma_{n+4} -> gamma_{m+4}, m the window's nonzero inputs (Plan._data_bounds)
-                    nonzero = (mag != 0).sum(1, keepdim=True, dtype=torch.float32)
-                    m = torch.nn.functional.conv2d(nonzero, plan.ones[(1, kh, kw)], None, node.stride, node.padding)
-                    bound *= (m + 4) * plan.data_scale[name]
-                    extra[name] = bound.numpy()
+                    extra[name] = torch.nn.functional.conv2d(box, plan.data_w[name]).numpy()
             if bmap:
                 out += plan.b32[name]
         elif isinstance(node, Dense):
