@@ -31,9 +31,16 @@ def main(argv=None) -> int:
     ap.add_argument("networks", nargs="*", default=list(ALL))
     ap.add_argument("--target", default="loihi")
     ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--config", type=Path, default=None,
+                    help="a TOML file whose [target] table sets the target's quantization (default: its defaults)")
     args = ap.parse_args(argv)
     backend = get_backend(args.target)
-    cfg = parse_target_config(backend, {})
+    settings = {}
+    if args.config is not None:
+        import tomllib
+
+        settings = tomllib.loads(args.config.read_text()).get("target", {})
+    cfg = parse_target_config(backend, settings)
     print("| network | images | float FS % | predicted % | difference (points) | agreement % | quantize s |")
     print("|---|---|---|---|---|---|---|")
     for name in args.networks:
