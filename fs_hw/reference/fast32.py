@@ -66,6 +66,7 @@ from __future__ import annotations
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -431,14 +432,19 @@ class _Chunk:
         # chunks run in threads (torch set to one thread each, see run_fast32); the float64
         # kernels run with the caller's thread count, as in the float64 mode, in case a
         # library's sums depend on it; the lock builds each array once
-        with self.lock:
-            torch = _torch()
-            inner = torch.get_num_threads()
-            torch.set_num_threads(self.threads)
-            try:
-                return self._full64(name)
-            finally:
-                torch.set_num_threads(inner)
+        with self.lock, self.caller_threads():
+            return self._full64(name)
+
+    @contextmanager
+    def caller_threads(self):
+        """torch with the caller's thread count (the float64 kernels), restored after."""
+        torch = _torch()
+        inner = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(inner)
 
     def exact64(self, name: str) -> np.ndarray:
         """The value of FS input node ``name`` exactly as the float64 mode being
@@ -452,18 +458,13 @@ class _Chunk:
                 from fs_hw.backend import FLOAT64
                 from fs_hw.reference.simulator import _run_spike, _StepPlan
 
-                torch = _torch()
-                inner = torch.get_num_threads()
-                torch.set_num_threads(self.threads)
-                try:
-                    net = self.plan.net
-                    membranes: dict[str, np.ndarray] = {}
+                net = self.plan.net
+                membranes: dict[str, np.ndarray] = {}
+                with self.caller_threads():
                     _run_spike(net, self.x, FLOAT64, self.plan.tables, False, self.plan.library,
                                _StepPlan(net, FLOAT64), membranes_out=membranes)
-                    self.spike_membranes = {net.by_name[k].input: v for k, v in membranes.items()
-                                            if isinstance(net.by_name[k], FSActivation)}
-                finally:
-                    torch.set_num_threads(inner)
+                self.spike_membranes = {net.by_name[k].input: v for k, v in membranes.items()
+                                        if isinstance(net.by_name[k], FSActivation)}
             return self.spike_membranes[name]
 
     def _full64(self, name: str) -> np.ndarray:
@@ -547,13 +548,8 @@ def _spike_readout(ch: _Chunk) -> np.ndarray:
     plan = ch.plan
     net = plan.net
     trains = {name: _relu_train(q, plan.codes[name].tables.code.K) for name, q in ch.q.items()}
-    torch = _torch()
-    inner = torch.get_num_threads()
-    torch.set_num_threads(ch.threads)
-    try:
+    with ch.caller_threads():
         return spike_readout(net, ch.x, trains, plan.tables, plan.library, _StepPlan(net, FLOAT64))
-    finally:
-        torch.set_num_threads(inner)
 
 
 def _cone(plan: Plan, name: str) -> list[str]:
