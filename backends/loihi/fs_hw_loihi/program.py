@@ -334,10 +334,9 @@ class Lowering:
                         W = np.repeat(W, Kt, axis=1)
                     syn = _synapse(f"{label}.s{s}p{p}k{k}", [W], [idx], np.zeros(n_t), np.arange(n_t), exp, 32)
                     axons = []
-                    atoms = (comp // K).astype(np.int32)  # shared by the n_t axons
                     for t in range(n_t):
                         cmap = np.full(comp.size, t) if host else np.where(comp % K == s, t, -1)
-                        axons.append((sp, self._axon(f"{label}.s{s}t{t}", syn, cmap, atoms), s))
+                        axons.append((sp, self._axon(f"{label}.s{s}t{t}", syn, cmap, comp // K), s))
                     out.append(_Pending(syn, axons))
         return out
 
@@ -438,10 +437,7 @@ class Lowering:
             pix = sp.pixels[0] + neuron // sp.n_channels
             group = axon_of[pix]
             if (group >= 0).any():
-                # int32, as the axons keep them: one array shared by every axon of this
-                # source part instead of a converted copy each (memory: a target core has
-                # hundreds of axons)
-                ch = (sp.channels[0] + neuron % sp.n_channels).astype(np.int32)
+                ch = sp.channels[0] + neuron % sp.n_channels
                 sources.append((sp, comp, group, ch))
         if step_atoms and not host:
             return self._atom_synapses(steps, pattern_list, sources, a2w, bases, n_t, label)
@@ -497,7 +493,7 @@ class Lowering:
             step = comp % K
             valid = (group >= 0) & np.isin(step, [s for s, (_, f) in enumerate(steps) if f])
             if valid.any():
-                senders.append((sp, valid, group, (ch * K + step).astype(np.int32), int(np.unique(group[valid]).size)))
+                senders.append((sp, valid, group, ch * K + step, int(np.unique(group[valid]).size)))
         out = []
         for mk, k in planes:
             # (K, Co, Ci, kh, kw) -> per pattern (Ci * K atoms, entries), atom = ci * K + s
