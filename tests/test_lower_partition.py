@@ -7,7 +7,7 @@ import pytest
 
 from fs_hw.errors import ResourceError
 from fs_hw.lower.limits import Limit, LimitTable
-from fs_hw.lower.partition import layer_parts, partition_layer
+from fs_hw.lower.partition import fan_in_groups, layer_parts, partition_layer
 
 LIMITS = LimitTable((
     Limit("units", 1024, "compartments", "core"),
@@ -99,3 +99,31 @@ def test_extra_cores_steer_the_split():
                               extra_cores=lambda parts: 10.0 * len({q.pixels for q in parts}))
     assert (plain.channels_per_part, plain.pixels_per_part, len(plain.parts)) == (16, 8, 4)
     assert (charged.channels_per_part, charged.pixels_per_part, len(charged.parts)) == (8, 16, 4)
+
+
+def test_fan_in_groups_fewest_balanced_runs():
+    # 10 source parts of 70 axons each (one, the 8th, of 150): a core holds 300 axons
+    sizes = [70] * 10
+    sizes[7] = 150
+    cost = lambda run: {"units": 10, "memory": 0, "axons": sum(sizes[run[0]:run[1]])}  # noqa: E731
+    groups = fan_in_groups("readout", 10, cost, LIMITS)
+    assert groups[0] == (0, 4) and groups[-1][1] == 10
+    assert all(a == b for (_, a), (b, _) in zip(groups, groups[1:]))  # contiguous, no gap
+    assert all(cost(g)["axons"] <= 300 for g in groups)
+    # one run fewer cannot fit: 850 axons need at least 3 cores of 300
+    assert len(groups) == 3
+    # balanced when balanced runs fit: 9 equal sources of 100 axons -> 3 runs of 3
+    even = lambda run: {"units": 1, "memory": 0, "axons": 100 * (run[1] - run[0])}  # noqa: E731
+    assert fan_in_groups("readout", 9, even, LIMITS) == [(0, 3), (3, 6), (6, 9)]
+    assert fan_in_groups("readout", 7, even, LIMITS) == [(0, 3), (3, 6), (6, 7)]
+
+
+def test_fan_in_groups_refuse_a_source_too_big_for_a_core():
+    def cost(run):  # 120 axons a source part, source 2 another 400
+        return {"units": 1, "memory": 0, "axons": 120 * (run[1] - run[0]) + (400 if run[0] <= 2 < run[1] else 0)}
+
+    with pytest.raises(ResourceError) as exc:
+        fan_in_groups("readout", 5, cost, LIMITS)
+    msg = str(exc.value)
+    assert "layer 'readout' (sources 2..2): needs 520 input axons per core, above the limit 300" in msg
+    assert "cannot be split finer than one source core" in msg

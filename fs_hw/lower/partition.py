@@ -16,9 +16,12 @@ ResNet (64 channels, 3x3 taps, K compartments per neuron) need channel splits: o
 with all channels already exceeds a core's synapse memory.
 
 Splitting the *inputs* of one neuron (its fan-in) over several cores needs a partial-sum
-stage whose result is added back exactly; targets without such a stage (Loihi's
-compartments reset on a spike) cannot, and this module refuses, naming the layer, the
-limit and the numbers for the smallest possible part.
+stage whose result is added back exactly. A spiking neuron has none (its compartments
+compare and reset on the whole sum), so :func:`partition_layer` refuses, naming the layer,
+the limit and the numbers for the smallest possible part. A read-out accumulator has one:
+its integer membrane is read by the host, which can add several cores' partial
+accumulators exactly. :func:`fan_in_groups` cuts such a receiver's source parts into runs
+that each fit a core.
 
 No SDK imports: every chip backend uses it.
 """
@@ -130,7 +133,8 @@ class _Search:
             self.memo[key] = found
         return self.memo[key]
 
-    def largest(self, hi: int, fits: Callable[[int], bool]) -> int:
+    @staticmethod
+    def largest(hi: int, fits: Callable[[int], bool]) -> int:
         """Largest ``x`` in [1, hi] with ``fits(x)`` (assumed monotone), or 0."""
         if fits(hi):
             return hi
@@ -257,3 +261,32 @@ def _why_image(search: _Search, shape, c: int, p: int, n_parts: int, cap: int, k
     if p < n_pix:
         reasons.append("pixels: " + _fewer(search, n_pix, p, lambda q: search.violation(c, q, None)))
     return words + "; " + "; ".join(reasons)
+
+
+def fan_in_groups(layer: str, n_sources: int, cost: Callable[[tuple[int, int]], Mapping[str, int]],
+                  limits: LimitTable, scope: str = "core") -> list[tuple[int, int]]:
+    """Balanced runs ``[s0, s1)`` of a receiver's ``n_sources`` source parts such that a
+    core reading one run fits ``limits``: ``cost((s0, s1))`` is what such a core uses
+    (assumed to grow with the run). Only for receivers whose partial sums a later stage
+    adds exactly (see the module docstring); refuses, naming the layer, the limit and the
+    numbers, when even one source part is too much for a core.
+    """
+    def violation(run: tuple[int, int]) -> Violation | None:
+        return limits.first_violation(dict(cost(run)), layer, f"sources {run[0]}..{run[1] - 1}", scope=scope)
+
+    groups: list[tuple[int, int]] = []
+    start = 0
+    while start < n_sources:  # greedy runs from the left give the fewest groups
+        size = _Search.largest(n_sources - start, lambda k, a=start: violation((a, a + k)) is None)
+        if size == 0:
+            v = violation((start, start + 1))
+            assert v is not None
+            raise ResourceError(f"{v.message} reading one source part; the read-out's fan-in cannot be split "
+                                f"finer than one source core")
+        groups.append((start, start + size))
+        start += size
+    # the same number of balanced runs (each no longer than the greedy ones' longest) if they fit
+    balanced = _runs(n_sources, -(-n_sources // len(groups)))
+    if len(balanced) == len(groups) and all(violation(run) is None for run in balanced):
+        return balanced
+    return groups

@@ -51,16 +51,19 @@ from nengo_loihi.probe import LoihiProbe
 from fs_hw.errors import ResourceError, UnsupportedError
 from fs_hw.ir import FSActivation, Network, Readout
 from fs_hw.lower.maps import ConvMap, ReceiverInput, receiver_inputs
-from fs_hw.lower.partition import PartSpec, layer_parts, partition_layer
+from fs_hw.lower.partition import PartSpec, fan_in_groups, layer_parts, partition_layer
 from fs_hw.lower.schedule import Relay, relay_name, relay_plan, spiking_sources
 from fs_hw_loihi.bounds import LayerRange, layer_ranges
 from fs_hw_loihi.config import LOIHI_LIMITS, LoihiConfig
 from fs_hw_loihi.fixedpoint import (
     CHIP_UNIT,
+    Q_LIMIT,
+    VTH_MAX,
     chip_weight_exp,
     constant_planes,
     signed_digits,
     synapse_exponent,
+    vth_round_up,
     weight_planes,
 )
 
@@ -87,6 +90,10 @@ class Part:
     channels: tuple[int, int] | None = None  # channel range [f0, f1) of image layers
     probe: LoihiProbe | None = None
     inputs: dict[tuple[int, int], SpikeInput] = field(default_factory=dict)  # host: (stage, s) -> input
+    #: a read-out part that reads only source parts [s0, s1) of Lowering._feeds (its fan-in is
+    #: split over cores: the host adds the parts' accumulators), with its own constants
+    feeds: tuple[int, int] | None = None
+    partial: PartialReadout | None = None
 
     @property
     def n(self) -> int:
@@ -99,6 +106,16 @@ class Part:
     @classmethod
     def of(cls, spec: PartSpec) -> Part:
         return cls(spec.neurons, pixels=spec.pixels, channels=spec.channels)
+
+
+@dataclass
+class PartialReadout:
+    """Constants of a read-out part that holds a partial sum: its baseline (the bias only
+    on the part holding the first sources), the offset the host subtracts, its threshold."""
+
+    baseline: np.ndarray
+    offset: np.ndarray
+    vth: int
 
 
 @dataclass
@@ -530,6 +547,7 @@ class Lowering:
         """Data synapses of one target part (not attached)."""
         rin = self.rins[target.name]
         out = []
+        fed = 0  # source parts numbered over every source (what a part's feeds select)
         for src_name in rin.maps:
             src = self.source_for(src_name, target.stage - 1)
             lab = f"{label}<{src_name}"
@@ -542,9 +560,17 @@ class Lowering:
             else:
                 dense = self._dense_steps(target.name, src_name, steps)
                 for i, sp in enumerate(src.parts):
+                    feed, fed = fed, fed + 1
+                    if tp.feeds is not None and not tp.feeds[0] <= feed < tp.feeds[1]:
+                        continue
                     out += self._dense_synapses(src, sp, tp, target.K, dense, f"{lab}[{i}]",
                                                 self.replicate.get(target.name, False))
         return out
+
+    def _feeds(self, target: Layer) -> list[tuple[str, Part]]:
+        """The source parts a receiver reads, in the order :meth:`_incoming` numbers them."""
+        return [(src_name, sp) for src_name in self.rins[target.name].maps
+                for sp in self.source_for(src_name, target.stage - 1).parts]
 
     def _dense_steps(self, target: str, src: str, steps: list) -> list[tuple[np.ndarray, int]]:
         """``steps`` with every map as a dense int64 matrix (one per distinct map, cached)."""
@@ -613,8 +639,9 @@ class Lowering:
                 add(layer.stage * K + t - 1, a * K + t, rng.gate[tp.neurons, t])
                 add(layer.stage * K + t, a * K + t, np.full(tp.n, -rng.vth))
         else:
-            add((layer.stage - 1) * K, a, base)
-            add(layer.stage * K, a, np.full(tp.n, -rng.vth))
+            part_range = tp.partial or rng
+            add((layer.stage - 1) * K, a, tp.partial.baseline if tp.partial else base)
+            add(layer.stage * K, a, np.full(tp.n, -part_range.vth))
         return ev
 
     def _clock_synapses(self, layer: Layer, tp: Part, label: str) -> list[tuple[Synapse, Axon]]:
@@ -641,11 +668,12 @@ class Lowering:
         return out
 
     # -- partition --------------------------------------------------------------------
-    def _cost(self, layer: Layer, spec: PartSpec) -> dict[str, int]:
-        """What one core holding ``spec`` of ``layer`` uses: its synapses are built and
-        counted with nengo-loihi's own ``Synapse.bits`` (output axons are checked on the
-        whole program, see :func:`fs_hw_loihi.resources.check_program`)."""
+    def _cost(self, layer: Layer, spec: PartSpec, feeds: tuple[int, int] | None = None) -> dict[str, int]:
+        """What one core holding ``spec`` of ``layer`` (reading source parts ``feeds``) uses:
+        its synapses are built and counted with nengo-loihi's own ``Synapse.bits`` (output
+        axons are checked on the whole program, see :func:`fs_hw_loihi.resources.check_program`)."""
         part = Part.of(spec)
+        part.feeds = feeds
         part.block = _block("trial", part.n * layer.K, 64)
         kept, self._arrays = self._arrays, {}  # a trial's axon maps are not kept
         try:
@@ -727,6 +755,8 @@ class Lowering:
         cap = MAX_COMPARTMENTS // layer.K
         if layer.name in self.per_core_override:
             cap = min(cap, self.per_core_override[layer.name])
+        if layer.kind == "readout":
+            return self._partition_readout(layer, cap)
         atoms_ok = layer.image and layer.K > 1 and self._atoms_apply(layer)
 
         def split(mode: str):
@@ -787,6 +817,62 @@ class Lowering:
         layer.split_reason = chosen.why + (f"; synapse rows {mode}" if layer.K > 1 else "")
         return [Part.of(spec) for spec in chosen.parts]
 
+    def _partition_readout(self, layer: Layer, cap: int) -> list[Part]:
+        """A read-out's split: by neurons, and when one neuron's fan-in is too much for a
+        core, by runs of its source parts too (:func:`fs_hw.lower.partition.fan_in_groups`).
+        Each such core accumulates a partial sum; the host adds them (integers it reads
+        anyway, so nothing is rounded)."""
+        def split(feeds):
+            return partition_layer(layer.name, layer.shape, lambda spec: self._cost(layer, spec, feeds), LOIHI_LIMITS,
+                                   max_neurons=max(1, cap), unit_name="compartments", units_per_neuron=1)
+
+        try:
+            whole = split(None)
+        except ResourceError:
+            whole = None
+        if whole is not None:
+            layer.split_reason = whole.why
+            return [Part.of(spec) for spec in whole.parts]
+        feeds = self._feeds(layer)
+        one = layer_parts(layer.shape, neurons_per_part=1)[0]
+        groups = fan_in_groups(layer.name, len(feeds), lambda run: self._cost(layer, one, run), LOIHI_LIMITS)
+        parts = []
+        for run in groups:
+            chosen = split(run)
+            for spec in chosen.parts:
+                part = Part.of(spec)
+                part.feeds = run
+                part.partial = self._partial_constants(layer, part, feeds[run[0]:run[1]], with_bias=run[0] == 0)
+                parts.append(part)
+        layer.split_reason = (f"fan-in split: {len(groups)} runs of at most {max(b - a for a, b in groups)} of "
+                              f"{len(feeds)} source cores, the host adds the partial accumulators; {chosen.why}")
+        return parts
+
+    def _partial_constants(self, layer: Layer, tp: Part, feeds: list[tuple[str, Part]],
+                           with_bias: bool) -> PartialReadout:
+        """Baseline, offset and threshold of a partial read-out accumulator from the worst
+        case of its own sources (as :func:`fs_hw.lower.ranges.worst_case` does for the whole
+        sum): every partial sum over any spike pattern stays in ``[0, vth)``."""
+        rin = self.rins[layer.name]
+        bias = rin.bias.astype(np.int64)[tp.neurons] if with_bias else np.zeros(tp.n, np.int64)
+        low, high = bias.copy(), bias.copy()
+        per_step = np.zeros((self.K, tp.n), np.int64)  # largest |input| in one step
+        for src_name, sp in feeds:
+            src = self.source_for(src_name, layer.stage - 1)
+            for s, (M, f) in enumerate(self._dense_steps(layer.name, src_name, rin.steps(src_name, src.d))):
+                sub = M[np.ix_(tp.neurons, sp.neurons)].astype(np.int64)
+                pos, neg = np.maximum(sub, 0).sum(axis=1), np.minimum(sub, 0).sum(axis=1)
+                low += f * neg if f > 0 else f * pos
+                high += f * pos if f > 0 else f * neg
+                per_step[s] += abs(f) * (pos - neg)
+        offset = np.maximum(0, -low)
+        vth = vth_round_up(int((offset + np.maximum(high, 0)).max(initial=0)) + 1)
+        q0 = int(np.maximum(offset + np.abs(bias) + per_step.max(axis=0), vth).max(initial=0))
+        if vth > VTH_MAX or q0 >= Q_LIMIT:
+            raise ResourceError(f"layer {layer.name!r}: a partial read-out accumulator needs threshold {vth} "
+                                f"(largest {VTH_MAX}) and a step input up to {q0} (limit {Q_LIMIT - 1})")
+        return PartialReadout(baseline=offset + bias, offset=offset, vth=vth)
+
     # -- main -------------------------------------------------------------------------
     def build(self) -> Program:
         net, K = self.net, self.K
@@ -838,7 +924,7 @@ class Lowering:
             self.layers[node.name] = layer
             for i, tp in enumerate(layer.parts):
                 label = f"{node.name}[{i}]"
-                tp.block = _block(label, tp.n * layer.K, layer.range.vth)
+                tp.block = _block(label, tp.n * layer.K, (tp.partial or layer.range).vth)
                 for pend in self._incoming(layer, tp, label):
                     tp.block.add_synapse(pend.synapse)
                     for sp, ax, s in pend.axons:

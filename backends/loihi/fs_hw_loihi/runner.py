@@ -115,7 +115,9 @@ def run_program(program: Program, inputs: np.ndarray, profile: NumericProfile,
                 # every input the chip adds is a multiple of CHIP_UNIT (see fixedpoint)
                 if np.any(v % CHIP_UNIT):
                     raise TimingError(f"read-out {name!r}: membrane not a multiple of {CHIP_UNIT}")
-                out[:, part.neurons] = v // CHIP_UNIT - layer.range.offset[part.neurons][None, :]
+                # a fan-in split read-out: each part holds a partial sum with its own offset
+                offset = part.partial.offset if part.partial else layer.range.offset[part.neurons]
+                out[:, part.neurons] += v // CHIP_UNIT - offset[None, :]
                 if np.any(data[id(part.probe)] < 0):
                     raise TimingError(f"read-out {name!r}: negative membrane (clipping)")
             outputs = out.reshape(N, *layer.shape)

@@ -95,3 +95,51 @@ def test_sigmoid_mlp_on_the_emulator():
     art = backend.lower(q, {"chips": 4})
     assert art.resources.chips <= 4
     _exact(art, x[:2])
+
+
+def _tight_cores(monkeypatch, in_axons: int, compartments: int) -> None:
+    """Shrink a core (input axons, compartments) for the lowering only, so that a small
+    network needs what a large one needs on a real core: many source cores per read-out."""
+    import fs_hw_loihi.program as program
+    from fs_hw_loihi.config import LOIHI_LIMITS
+
+    from fs_hw.lower.limits import Limit, LimitTable
+
+    sizes = {"in_axons": in_axons, "compartments": compartments}
+    monkeypatch.setattr(program, "LOIHI_LIMITS", LimitTable(
+        Limit(lim.name, sizes.get(lim.name, lim.value), lim.unit, lim.scope) for lim in LOIHI_LIMITS))
+    monkeypatch.setattr(program, "MAX_COMPARTMENTS", compartments)
+
+
+def _biased_mlp(seed=0, K=8):
+    rng = np.random.default_rng(seed)
+    inp, act = relu_code(1.0, K, ">=", name="in"), relu_code(2.0, K, ">=", name="act")
+    nodes = (
+        Input("x", (16,), "in"),
+        Dense("d0", "x", rng.normal(0, 0.5, (64, 16)), rng.normal(0.2, 0.3, 64)),
+        FSActivation("hidden", "d0", "act"),
+        # biases of both signs: only the part holding the first sources adds them
+        Dense("d1", "hidden", rng.normal(0, 0.3, (10, 64)), rng.normal(0, 1.0, 10)),
+        Readout("out", "d1"),
+    )
+    return Network(nodes, {"in": inp, "act": act}, {"name": "biased_mlp"})
+
+
+def test_readout_fan_in_split_over_cores_is_exact(monkeypatch):
+    # 8 hidden cores of 8 neurons; a read-out core may hold 60 input axons: one read-out
+    # neuron reading all 8 source cores needs more, so its sources are split into runs and
+    # the host adds the partial accumulators
+    _tight_cores(monkeypatch, in_axons=60, compartments=64)
+    net = _biased_mlp()
+    backend = LoihiBackend()
+    art = backend.lower(net, {"synapse_rows": "replicated", "range_samples": 0})
+    out = art.resources.layers["out"]
+    assert out.parts == 2 and "fan-in split: 2 runs of at most 4 of 8 source cores" in out.split
+    parts = art.payload.layers["out"].parts
+    assert [p.feeds for p in parts] == [(0, 4), (4, 8)]
+    # the bias goes to the first part only; each part keeps its own membrane offset
+    assert np.any(parts[0].partial.baseline != parts[0].partial.offset)
+    np.testing.assert_array_equal(parts[1].partial.baseline, parts[1].partial.offset)
+    x = np.random.default_rng(3).uniform(0, 1, (4, 16))
+    _exact(art, x)
+
