@@ -132,6 +132,16 @@ class Layer:
     range: LayerRange | None = None
     source: str | None = None  # relays: the layer they delay
     split_reason: str = ""  # why the partitioner chose this split (fs_hw.lower.partition)
+    #: a copy of FS layer ``copy_of`` (same neurons, inputs and spikes) that serves part of
+    #: its readers: one source core can send to only so many reader cores (output axons)
+    copy_of: str | None = None
+    #: an FS layer's copies, itself first; readers are shared out among them (_copy_index)
+    copies: list[Layer] = field(default_factory=list)
+
+    @property
+    def node(self) -> str:
+        """The IR node this layer computes."""
+        return self.copy_of or self.name
 
     @property
     def image(self) -> bool:
@@ -160,6 +170,8 @@ class Program:
     out_axon_layers: set[str] = field(default_factory=set)
     #: image layers to re-partition with at most this many pixels a core (idem)
     pixel_caps: dict[str, int] = field(default_factory=dict)
+    #: FS layers to build with this many copies (idem: one pixel a core sends to too many readers)
+    copy_requests: dict[str, int] = field(default_factory=dict)
 
     def origin(self, n: int) -> int:
         """Emulator step tau_n of sample ``n`` (its stage-0 step 0)."""
@@ -241,13 +253,14 @@ class Lowering:
 
     def __init__(self, network: Network, config: LoihiConfig, per_core: dict[str, int] | None = None,
                  observed: dict | None = None, replicated: set[str] | None = None,
-                 pixel_caps: dict[str, int] | None = None):
+                 pixel_caps: dict[str, int] | None = None, copies: dict[str, int] | None = None):
         self.net = network
         self.cfg = config
         self.K = network.K
         self.P = 2 * self.K
         self.per_core_override = dict(per_core or {})
         self.pixel_caps = dict(pixel_caps or {})
+        self.n_copies = dict(copies or {})
         self.ranges = layer_ranges(network, observed)
         self.rins: dict[str, ReceiverInput] = receiver_inputs(network)
         self.layers: dict[str, Layer] = {}
@@ -261,8 +274,9 @@ class Lowering:
         self._arrays: dict[tuple, list[np.ndarray]] = {}  # interned axon maps, see _interned
 
     # -- sources ----------------------------------------------------------------------
-    def source_for(self, src: str, stage: int) -> Layer:
-        """The layer that delivers ``src``'s spikes as if it decided at ``stage``."""
+    def source_for(self, src: str, stage: int, reader: Part | None = None) -> Layer:
+        """The layer that delivers ``src``'s spikes as if it decided at ``stage`` (to reader
+        part ``reader``: one of the layer's copies)."""
         layer = self.layers[src]
         if layer.kind == "host":
             if (stage, 0) not in layer.parts[0].inputs:
@@ -271,7 +285,9 @@ class Lowering:
                         part.inputs[(stage, s)] = SpikeInput(part.n, label=f"{src}[{i}]@stage{stage}s{s}")
             return layer
         if layer.stage == stage:
-            return layer
+            if reader is None or len(layer.copies) < 2:
+                return layer
+            return layer.copies[_copy_index(reader, len(layer.copies))]
         key = relay_name(src, stage)
         if key not in self.layers:  # the relay plan (fs_hw.lower.schedule) made every copy
             raise UnsupportedError(f"layer {src!r} is read at stage {stage}, which no relay of the plan covers")
@@ -545,26 +561,26 @@ class Lowering:
 
     def _incoming(self, target: Layer, tp: Part, label: str) -> list[_Pending]:
         """Data synapses of one target part (not attached)."""
-        rin = self.rins[target.name]
+        node = target.node
+        rin = self.rins[node]
         out = []
         fed = 0  # source parts numbered over every source (what a part's feeds select)
         for src_name in rin.maps:
-            src = self.source_for(src_name, target.stage - 1)
+            src = self.source_for(src_name, target.stage - 1, tp)
             lab = f"{label}<{src_name}"
             steps = rin.steps(src_name, src.d)
             if (target.image and src.image
                     and all(isinstance(m, ConvMap) and m.out_shape == target.shape for m, _ in steps)):
-                atoms = target.name in self.step_atoms and steps[0][0].kernel.shape[1] * src.K <= MAX_ATOMS
-                out += self._conv_synapses(src, tp, target.K, steps, lab, self.replicate.get(target.name, False),
-                                           atoms)
+                atoms = node in self.step_atoms and steps[0][0].kernel.shape[1] * src.K <= MAX_ATOMS
+                out += self._conv_synapses(src, tp, target.K, steps, lab, self.replicate.get(node, False), atoms)
             else:
-                dense = self._dense_steps(target.name, src_name, steps)
+                dense = self._dense_steps(node, src_name, steps)
                 for i, sp in enumerate(src.parts):
                     feed, fed = fed, fed + 1
                     if tp.feeds is not None and not tp.feeds[0] <= feed < tp.feeds[1]:
                         continue
                     out += self._dense_synapses(src, sp, tp, target.K, dense, f"{lab}[{i}]",
-                                                self.replicate.get(target.name, False))
+                                                self.replicate.get(node, False))
         return out
 
     def _feeds(self, target: Layer) -> list[tuple[str, Part]]:
@@ -728,7 +744,8 @@ class Lowering:
                 else:
                     c0, c1 = 0, Wu
                 readers[r0:r1, c0:c1] += blocks
-            per_pixel = float(readers.max(initial=0)) * per_unit * n_t * 2
+            # the source's copies share its readers out
+            per_pixel = float(readers.max(initial=0)) * per_unit * n_t * 2 / max(1, len(src.copies))
             if per_pixel > 0.9 * MAX_OUT_AXONS:
                 # even a source core holding one pixel could not send to that many readers
                 return INFEASIBLE_CORES
@@ -737,6 +754,7 @@ class Lowering:
             for sp in src.parts:
                 holders[sp.pixels[0]:sp.pixels[1]] += 1
             total += float((readers.reshape(-1) * holders).sum()) * per_unit * n_t * 2 / MAX_OUT_AXONS
+            # (all copies together send what one layer would, to the same readers)
         return total
 
     def _atoms_apply(self, layer: Layer) -> bool:
@@ -816,6 +834,20 @@ class Lowering:
         (self.step_atoms.add if mode == ATOMS else self.step_atoms.discard)(layer.name)
         layer.split_reason = chosen.why + (f"; synapse rows {mode}" if layer.K > 1 else "")
         return [Part.of(spec) for spec in chosen.parts]
+
+    def _build_cores(self, layer: Layer) -> None:
+        """The blocks of a receiver's parts, their data synapses (attached to the sources'
+        cores) and, for FS layers, the inhibition inside each neuron."""
+        for i, tp in enumerate(layer.parts):
+            label = f"{layer.name}[{i}]"
+            tp.block = _block(label, tp.n * layer.K, (tp.partial or layer.range).vth)
+            for pend in self._incoming(layer, tp, label):
+                tp.block.add_synapse(pend.synapse)
+                for sp, ax, s in pend.axons:
+                    self._attach(self._layer_of_part(sp), sp, ax, s, stage=layer.stage - 1)
+            if layer.kind == "fs":
+                for syn in self._inhibition(layer, tp, label):
+                    tp.block.add_synapse(syn)
 
     def _partition_readout(self, layer: Layer, cap: int) -> list[Part]:
         """A read-out's split: by neurons, and when one neuron's fan-in is too much for a
@@ -922,17 +954,17 @@ class Lowering:
             )
             layer.parts = self._partition(layer)
             self.layers[node.name] = layer
-            for i, tp in enumerate(layer.parts):
-                label = f"{node.name}[{i}]"
-                tp.block = _block(label, tp.n * layer.K, (tp.partial or layer.range).vth)
-                for pend in self._incoming(layer, tp, label):
-                    tp.block.add_synapse(pend.synapse)
-                    for sp, ax, s in pend.axons:
-                        src_layer = self._layer_of_part(sp)
-                        self._attach(src_layer, sp, ax, s, stage=layer.stage - 1)
-                if kind == "fs":
-                    for syn in self._inhibition(layer, tp, label):
-                        tp.block.add_synapse(syn)
+            self._build_cores(layer)
+            if kind == "fs":
+                layer.copies = [layer]
+                for r in range(1, self.n_copies.get(node.name, 1)):
+                    copy = Layer(f"{node.name}#copy{r}", kind, layer.shape, layer.K, layer.stage, d=layer.d,
+                                 range=layer.range, copy_of=node.name,
+                                 split_reason=f"copy {r} of {node.name!r}, serving its share of the readers")
+                    copy.parts = [Part(p.neurons, pixels=p.pixels, channels=p.channels) for p in layer.parts]
+                    self.layers[copy.name] = copy
+                    self._build_cores(copy)
+                    layer.copies.append(copy)
             for relay in relays.get(node.name, ()):  # after the layer's cores exist
                 self._make_relay(relay)
         # clock synapses for every receiving part (relays included)
@@ -1000,6 +1032,16 @@ class Lowering:
         return self._part_layer[id(part)]
 
 
+def _copy_index(reader: Part, n_copies: int) -> int:
+    """Which copy of a source serves reader part ``reader``: neighbouring pixel runs and
+    channel blocks alternate, so the readers of one source pixel are shared out evenly."""
+    if reader.channels is not None and reader.pixels is not None:
+        block = reader.channels[0] // max(1, reader.n_channels)
+        run = reader.pixels[0] // max(1, reader.pixels[1] - reader.pixels[0])
+        return (block + run) % n_copies
+    return (int(reader.neurons[0]) // max(1, reader.n)) % n_copies
+
+
 def lower_network(network: Network, config: LoihiConfig, observed: dict | None = None) -> Program:
     """Build, partition and check the program; refuse (ResourceError) if it does not fit.
 
@@ -1017,11 +1059,14 @@ def lower_network(network: Network, config: LoihiConfig, observed: dict | None =
     readers = {name: set(spiking_sources(network, name))
                for name in (n.name for n in network.order if isinstance(n, (FSActivation, Readout)))}
     pixel_caps: dict[str, int] = {}
+    copies: dict[str, int] = {}
     for _ in range(12):
-        program = Lowering(network, config, overrides, observed, replicated, pixel_caps).build()
+        program = Lowering(network, config, overrides, observed, replicated, pixel_caps, copies).build()
         shrink = check_program(program)
         if not shrink:
             return program
+        for name, n in program.copy_requests.items():
+            copies[name] = max(n, copies.get(name, 1))
         for name, per_core in shrink.items():
             consumers = {r for r, srcs in readers.items() if name in srcs} - replicated
             if name in program.out_axon_layers and consumers and config.synapse_rows == "auto":

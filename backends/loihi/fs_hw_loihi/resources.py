@@ -32,6 +32,8 @@ def _block_use(block) -> dict[str, int]:
 
 
 CORE_LIMITS = LOIHI_LIMITS.scope("core")
+#: most copies of one FS layer made to share its readers out (see check_program)
+MAX_COPIES = 8
 
 
 def check_program(program: Program) -> dict[str, int]:
@@ -52,7 +54,30 @@ def check_program(program: Program) -> dict[str, int]:
             found = LOIHI_LIMITS.first_violation(use, name, f"core {i} of {len(layer.parts)}", scope="core")
             if found is not None:
                 per = max(p.n for p in layer.parts)
-                target = layer.source if layer.kind == "relay" else name
+                target = layer.source if layer.kind == "relay" else layer.node
+                if layer.image and layer.kind == "fs" and found.limit.name == "out_axons":
+                    # per pixel of this core: the slots it sends to its own compartments
+                    # (inhibition inside a neuron) and, were there one copy of the layer, to readers
+                    px = part.pixels[1] - part.pixels[0]
+                    n_copies = len(program.layers[target].copies) or 1
+                    own = sum(ax.axon_slots() for ax in part.block.axons
+                              if any(ax.target is syn for syn in part.block.synapses)) / px
+                    readers = (found.used / px - own) * n_copies
+                    if own + readers > 0.9 * found.limit.value:
+                        # even one pixel a core sends to too many readers: copies of the layer
+                        # (each computing the same spikes) share its readers out
+                        room = 0.85 * found.limit.value - own
+                        need = -(-int(readers) // max(1, int(room)))
+                        if room <= 0 or need > MAX_COPIES:
+                            raise ResourceError(
+                                f"{found.message}, even with one pixel per core and {n_copies} copies of the "
+                                f"layer ({own:.0f} slots a pixel go to its own inhibition, {readers:.0f} to its "
+                                f"readers; at most {MAX_COPIES} copies share the readers out)")
+                        program.copy_requests[target] = max(need, program.copy_requests.get(target, 1))
+                        if px > 1:
+                            program.pixel_caps[target] = 1
+                        shrink[target] = shrink.get(target, per)
+                        continue
                 if layer.image and found.limit.name == "out_axons" and part.pixels[1] - part.pixels[0] > 1:
                     # an image core's output axons grow with its pixels (its channels are atoms of
                     # one axon): fewer pixels a core, as many fewer as the use is too large

@@ -106,6 +106,11 @@ def run_program(program: Program, inputs: np.ndarray, profile: NumericProfile,
                 for t in range(K):
                     rows = origins + layer.stage * K + t - 1
                     train[:, t, part.neurons] = spk[rows][:, np.arange(part.n) * K + t]
+            if layer.copy_of is not None:
+                # a copy computes its layer's spikes again for other readers: the chip checks itself
+                if not np.array_equal(train.reshape(N, K, *layer.shape), trains[layer.copy_of]):
+                    raise TimingError(f"layer {name!r}, a copy of {layer.copy_of!r}, fired differently from it")
+                continue
             trains[name] = train.reshape(N, K, *layer.shape)
         elif layer.kind == "readout":
             out = np.zeros((N, layer.n), np.int64)

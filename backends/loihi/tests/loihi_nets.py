@@ -46,3 +46,22 @@ def wide_conv(C: int = 32, K: int = 8, seed: int = 0) -> Network:
         Readout("out", "d"),
     )
     return Network(nodes, {"in": inp, "act": act}, {"name": "wide_conv"})
+
+
+def fan_out_conv(C_in: int = 4, C_out: int = 128, K: int = 8, seed: int = 0) -> Network:
+    """A 4-channel layer read by a 3x3 conv to 128 channels: each reader core holds one
+    pixel (128 channels x K compartments fill it), so a source pixel is read by up to 9
+    cores; on a core short of output axons that fan-out needs copies of the source."""
+    rng = np.random.default_rng(seed)
+    inp, act = relu_code(1.0, K, ">=", name="in"), relu_code(2.0, K, ">=", name="act")
+    nodes = (
+        Input("x", (C_in, 3, 3), "in"),
+        Conv2d("c0", "x", rng.normal(0, 0.5, (C_in, C_in, 1, 1)), rng.normal(0.1, 0.1, C_in)),
+        FSActivation("f0", "c0", "act"),
+        Conv2d("c1", "f0", rng.normal(0, 0.3, (C_out, C_in, 3, 3)), np.zeros(C_out), padding=1),
+        FSActivation("f1", "c1", "act"),
+        Flatten("fl", "f1"),
+        Dense("d", "fl", rng.normal(0, 0.05, (4, C_out * 9)), np.zeros(4)),
+        Readout("out", "d"),
+    )
+    return Network(nodes, {"in": inp, "act": act}, {"name": "fan_out_conv"})

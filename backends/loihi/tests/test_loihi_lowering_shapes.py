@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("nengo_loihi")
 
 from fs_hw_loihi.backend import LoihiBackend
-from loihi_nets import wide_conv
+from loihi_nets import fan_out_conv, wide_conv
 
 from fs_hw import conformance
 from fs_hw.codes import relu_code
@@ -143,3 +143,24 @@ def test_readout_fan_in_split_over_cores_is_exact(monkeypatch):
     x = np.random.default_rng(3).uniform(0, 1, (4, 16))
     _exact(art, x)
 
+
+
+def test_source_read_by_too_many_cores_gets_copies():
+    # K = 16 and shared rows: a reader core costs each source pixel it reads 2 x 16 x 16
+    # output axon slots, and up to 9 reader cores read one pixel: more than a core's 4096,
+    # even with one pixel a core, so the source layer is built twice and each copy serves
+    # half of the readers (same inputs, same spikes: the runner checks that too)
+    net = fan_out_conv(C_out=64, K=16)
+    art = LoihiBackend().lower(net, {"chips": 4, "range_samples": 0, "synapse_rows": "shared"})
+    layers = art.resources.layers
+    assert "f0#copy1" in layers and "f0#copy2" not in layers
+    assert "copy 1 of 'f0'" in layers["f0#copy1"].split
+    program = art.payload
+    for name in ("f0", "f0#copy1"):
+        parts = program.layers[name].parts
+        assert [p.pixels for p in parts] == [(q, q + 1) for q in range(9)]
+        # every copy sends to readers, each within a core's output axons
+        slots = [p.block.utilization()["out-axons"][0] for p in parts]
+        assert max(slots) <= 4096 and min(slots) > 0
+    x = np.random.default_rng(4).uniform(0, 1, (2, 4, 3, 3))
+    _exact(art, x)
