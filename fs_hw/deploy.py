@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import html
 import json
+import logging
 import math
 import os
 import stat
@@ -352,6 +353,44 @@ def _inputs_from(inputs: Any, labels: Any, network: Network, bundled: bool,
 
 # --- running ---------------------------------------------------------------------------
 
+#: the logger a backend writes what it is doing to during long steps (a lowering that
+#: partitions layer after layer for minutes): ``logging.getLogger(PROGRESS_LOGGER + ".loihi")``
+PROGRESS_LOGGER = "fs_hw.progress"
+
+
+def _progress_wanted() -> bool:
+    """Progress lines go to a terminal, or anywhere with ``FS_HW_PROGRESS=1`` (a log file of
+    a long run); otherwise stderr keeps its one-line-per-error contract for scripts."""
+    import sys
+
+    return os.environ.get("FS_HW_PROGRESS") == "1" or sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def _progress_lines(enabled: bool) -> Iterator[None]:
+    """Backends' progress messages on stderr, stamped with the seconds since the start."""
+    if not enabled:
+        yield
+        return
+    logger = logging.getLogger(PROGRESS_LOGGER)
+    handler = logging.StreamHandler()  # stderr
+    start = time.perf_counter()
+
+    class _Elapsed(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return f"[{time.perf_counter() - start:6.0f} s] {record.getMessage()}"
+
+    handler.setFormatter(_Elapsed())
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def _progress_bar(label: str):
     try:
         from rich.console import Console
@@ -412,11 +451,15 @@ def _execute(plan: DeployPlan, progress: bool) -> DeployReport:
     backend, network, images, labels, runner = plan.backend, plan.network, plan.images, plan.labels, plan.runner
     samples = len(images)
     t0 = time.perf_counter()
-    quantized = backend.quantize(network, plan.target_config)
-    t_quantize = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    artifact = backend.lower(quantized, plan.target_config)
-    t_lower = time.perf_counter() - t0
+    with _progress_lines(progress and _progress_wanted()):
+        said = logging.getLogger(PROGRESS_LOGGER + ".deploy")
+        said.info("quantizing for %s", backend.name)
+        quantized = backend.quantize(network, plan.target_config)
+        t_quantize = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        said.info("lowering for %s", backend.name)
+        artifact = backend.lower(quantized, plan.target_config)
+        t_lower = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = _run_chunked(lambda x: backend.run(artifact, x, record_spikes=True, runner=runner),
                           images, plan.batch_size, f"{backend.name} ({runner})", progress)

@@ -230,3 +230,19 @@ def test_quickstart_example_runs(tmp_path):
         assert written["spike_mismatches"] == 0 and written["agreement"] == 1.0
         assert (out / f"{target}.png").read_bytes()[:4] == b"\x89PNG"
     assert "loihi: accuracy" in proc.stdout and "passed True" in proc.stdout
+
+
+def test_progress_lines_reach_stderr_only_while_enabled(capsys):
+    import logging
+
+    from fs_hw.deploy import PROGRESS_LOGGER, _progress_lines
+
+    log = logging.getLogger(PROGRESS_LOGGER + ".testtarget")
+    with _progress_lines(True):
+        log.info("lowering layer %d of %d", 3, 7)
+    with _progress_lines(False):
+        log.info("not shown")
+    log.info("not shown either")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("s] lowering layer 3 of 7\n") and err.startswith("[")
+    assert logging.getLogger(PROGRESS_LOGGER).handlers == []

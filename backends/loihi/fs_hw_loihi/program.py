@@ -33,6 +33,8 @@ Layout (see ``docs/loihi.md`` for the derivation):
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +68,9 @@ from fs_hw_loihi.fixedpoint import (
     vth_round_up,
     weight_planes,
 )
+
+#: what the lowering is doing, layer by layer (fs-deploy shows it on stderr: fs_hw.deploy.PROGRESS_LOGGER)
+progress = logging.getLogger("fs_hw.progress.loihi")
 
 MAX_ATOMS = 1024
 RELAY_VTH = 128
@@ -945,7 +950,8 @@ class Lowering:
         for relay in relay_plan(net, host_delays=True):  # the host re-sends its input instead
             relays.setdefault(relay.source, []).append(relay)
         receivers = [n for n in net.order if isinstance(n, (FSActivation, Readout))]
-        for node in receivers:
+        for number, node in enumerate(receivers, 1):
+            started = time.perf_counter()
             kind = "fs" if isinstance(node, FSActivation) else "readout"
             layer = Layer(
                 node.name, kind, net.shapes[node.name], K if kind == "fs" else 1, stages[node.name],
@@ -967,6 +973,9 @@ class Lowering:
                     layer.copies.append(copy)
             for relay in relays.get(node.name, ()):  # after the layer's cores exist
                 self._make_relay(relay)
+            copies = f" and {len(layer.copies) - 1} copies" if len(layer.copies) > 1 else ""
+            progress.info("lowering layer %d of %d, %r: %d core(s)%s (%.0f s)", number, len(receivers), node.name,
+                          len(layer.parts), copies, time.perf_counter() - started)
         # clock synapses for every receiving part (relays included)
         for layer in self.layers.values():
             if layer.kind == "host":
@@ -1060,11 +1069,13 @@ def lower_network(network: Network, config: LoihiConfig, observed: dict | None =
                for name in (n.name for n in network.order if isinstance(n, (FSActivation, Readout)))}
     pixel_caps: dict[str, int] = {}
     copies: dict[str, int] = {}
-    for _ in range(12):
+    for attempt in range(1, 13):
         program = Lowering(network, config, overrides, observed, replicated, pixel_caps, copies).build()
         shrink = check_program(program)
         if not shrink:
             return program
+        progress.info("build %d: layers %s need another split (output axons or cores); building again",
+                      attempt, ", ".join(sorted(shrink)))
         for name, n in program.copy_requests.items():
             copies[name] = max(n, copies.get(name, 1))
         for name, per_core in shrink.items():

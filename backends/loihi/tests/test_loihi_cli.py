@@ -19,7 +19,8 @@ def test_entry_point_registered():
 
 
 @pytest.mark.slow  # fs-deploy end to end on nengo-loihi's emulator
-def test_fs_deploy_residual_cnn(tmp_path, capsys):
+def test_fs_deploy_residual_cnn(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FS_HW_PROGRESS", "1")  # progress lines although stderr is no terminal
     report = tmp_path / "r.json"
     rc = main([str(EXAMPLES / "residual_cnn.fsnet"), "--target", "loihi", "--emulator",
                "--inputs", str(EXAMPLES / "residual_cnn_inputs.npz"), "--samples", "12",
@@ -30,6 +31,10 @@ def test_fs_deploy_residual_cnn(tmp_path, capsys):
     assert r["agreement"] == 1.0 and r["spike_mismatches"] == 0
     assert r["resources"]["cores"] >= 5 and r["info"]["runner"] == "emulator"
     assert (tmp_path / "out" / "loihi.json").is_file()
+    # the lowering said what it was doing, layer by layer, on stderr
+    err = capsys.readouterr().err
+    assert "quantizing for loihi" in err and "lowering for loihi" in err
+    assert "lowering layer 1 of " in err and " s] " in err
 
 
 @pytest.mark.slow  # fs-deploy end to end on nengo-loihi's emulator
