@@ -59,8 +59,8 @@ from fs_hw_loihi.bounds import LayerRange, layer_ranges
 from fs_hw_loihi.config import LOIHI_LIMITS, LoihiConfig
 from fs_hw_loihi.fixedpoint import (
     CHIP_UNIT,
+    CONSTANT_LIMIT,
     Q_LIMIT,
-    VTH_MAX,
     chip_weight_exp,
     constant_planes,
     signed_digits,
@@ -873,6 +873,21 @@ class Lowering:
         feeds = self._feeds(layer)
         one = layer_parts(layer.shape, neurons_per_part=1)[0]
         groups = fan_in_groups(layer.name, len(feeds), lambda run: self._cost(layer, one, run), LOIHI_LIMITS)
+        # a run's worst-case partial sum must also fit the constants that set and clear its
+        # accumulator (one clock synapse each): halve the runs that do not
+        whole_layer = layer_parts(layer.shape)[0]
+        fitted: list[tuple[int, int]] = []
+        while groups:
+            run = groups.pop(0)
+            try:
+                self._partial_constants(layer, Part.of(whole_layer), feeds[run[0]:run[1]], with_bias=run[0] == 0)
+                fitted.append(run)
+            except ResourceError:
+                if run[1] - run[0] == 1:
+                    raise
+                mid = (run[0] + run[1]) // 2
+                groups[:0] = [(run[0], mid), (mid, run[1])]
+        groups = fitted
         parts = []
         for run in groups:
             chosen = split(run)
@@ -905,9 +920,11 @@ class Lowering:
         offset = np.maximum(0, -low)
         vth = vth_round_up(int((offset + np.maximum(high, 0)).max(initial=0)) + 1)
         q0 = int(np.maximum(offset + np.abs(bias) + per_step.max(axis=0), vth).max(initial=0))
-        if vth > VTH_MAX or q0 >= Q_LIMIT:
-            raise ResourceError(f"layer {layer.name!r}: a partial read-out accumulator needs threshold {vth} "
-                                f"(largest {VTH_MAX}) and a step input up to {q0} (limit {Q_LIMIT - 1})")
+        constant = int(max(vth, np.abs(offset + bias).max(initial=0)))  # what the clock synapses add
+        if q0 >= Q_LIMIT or constant > CONSTANT_LIMIT:
+            raise ResourceError(f"layer {layer.name!r}: a partial read-out accumulator over {len(feeds)} source "
+                                f"core(s) needs threshold {vth} and a step input up to {q0} (limits "
+                                f"{CONSTANT_LIMIT} for a constant, {Q_LIMIT - 1} for a step's input)")
         return PartialReadout(baseline=offset + bias, offset=offset, vth=vth)
 
     # -- main -------------------------------------------------------------------------

@@ -164,3 +164,22 @@ def test_source_read_by_too_many_cores_gets_copies():
         assert max(slots) <= 4096 and min(slots) > 0
     x = np.random.default_rng(4).uniform(0, 1, (2, 4, 3, 3))
     _exact(art, x)
+
+
+def test_readout_runs_halved_until_their_constants_fit(monkeypatch):
+    import fs_hw_loihi.program as program
+
+    _tight_cores(monkeypatch, in_axons=60, compartments=64)
+    net = _biased_mlp()
+    config = {"synapse_rows": "replicated", "range_samples": 0}
+    parts = LoihiBackend().lower(net, config).payload.layers["out"].parts
+    widest = max(p.partial.vth for p in parts)
+    # a clock synapse may add less than the runs of 4 sources need: the runs are halved
+    monkeypatch.setattr(program, "CONSTANT_LIMIT", widest - 1)
+    art = LoihiBackend().lower(net, config)
+    halved = art.payload.layers["out"].parts
+    # the run that did not fit is halved (3 runs), the other kept
+    assert sorted(p.feeds[1] - p.feeds[0] for p in halved) == [2, 2, 4]
+    assert all(max(p.partial.vth, np.abs(p.partial.baseline).max()) < widest for p in halved)
+    assert sorted(p.feeds for p in halved)[0][0] == 0 and max(p.feeds[1] for p in halved) == 8
+    _exact(art, np.random.default_rng(5).uniform(0, 1, (3, 16)))
