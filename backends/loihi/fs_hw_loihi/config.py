@@ -24,6 +24,10 @@ LOIHI_LIMITS = LimitTable((
     Limit("K", 32, "time steps per FS stage", "neuron", "compartments per FS neuron"),
 ))
 
+#: most copies of one FS layer the lowering makes to share its readers out (a source pixel
+#: read by more reader cores than a core's output axons reach; see resources.check_program)
+MAX_COPIES = 8
+
 
 @dataclass(frozen=True)
 class LoihiConfig:

@@ -56,7 +56,7 @@ from fs_hw.lower.maps import ConvMap, ReceiverInput, receiver_inputs
 from fs_hw.lower.partition import PartSpec, fan_in_groups, layer_parts, partition_layer
 from fs_hw.lower.schedule import Relay, relay_name, relay_plan, spiking_sources
 from fs_hw_loihi.bounds import LayerRange, layer_ranges
-from fs_hw_loihi.config import LOIHI_LIMITS, LoihiConfig
+from fs_hw_loihi.config import LOIHI_LIMITS, MAX_COPIES, LoihiConfig
 from fs_hw_loihi.fixedpoint import (
     CHIP_UNIT,
     CONSTANT_LIMIT,
@@ -175,8 +175,9 @@ class Program:
     out_axon_layers: set[str] = field(default_factory=set)
     #: image layers to re-partition with at most this many pixels a core (idem)
     pixel_caps: dict[str, int] = field(default_factory=dict)
-    #: FS layers to build with this many copies (idem: one pixel a core sends to too many readers)
-    copy_requests: dict[str, int] = field(default_factory=dict)
+    #: FS layers whose one-pixel cores send to too many readers (idem): the copies that would
+    #: share the readers out, and the refusal if that is more than MAX_COPIES
+    copy_requests: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def origin(self, n: int) -> int:
         """Emulator step tau_n of sample ``n`` (its stage-0 step 0)."""
@@ -258,7 +259,8 @@ class Lowering:
 
     def __init__(self, network: Network, config: LoihiConfig, per_core: dict[str, int] | None = None,
                  observed: dict | None = None, replicated: set[str] | None = None,
-                 pixel_caps: dict[str, int] | None = None, copies: dict[str, int] | None = None):
+                 pixel_caps: dict[str, int] | None = None, copies: dict[str, int] | None = None,
+                 atoms: set[str] | None = None):
         self.net = network
         self.cfg = config
         self.K = network.K
@@ -266,6 +268,7 @@ class Lowering:
         self.per_core_override = dict(per_core or {})
         self.pixel_caps = dict(pixel_caps or {})
         self.n_copies = dict(copies or {})
+        self.force_atoms = set(atoms or ())  # readers of a source with too many of them: steps as atoms
         self.ranges = layer_ranges(network, observed)
         self.rins: dict[str, ReceiverInput] = receiver_inputs(network)
         self.layers: dict[str, Layer] = {}
@@ -799,7 +802,7 @@ class Lowering:
             modes = ("replicated", "shared")
         else:
             modes = ("shared", "replicated")
-        if self.cfg.synapse_rows == "atoms":
+        if self.cfg.synapse_rows == "atoms" or (layer.name in self.force_atoms and atoms_ok):
             modes = (ATOMS,) if atoms_ok else ("shared",)
         elif self.cfg.synapse_rows != "auto":
             modes = tuple(m for m in modes if m == self.cfg.synapse_rows) or ("shared",)
@@ -1086,14 +1089,23 @@ def lower_network(network: Network, config: LoihiConfig, observed: dict | None =
                for name in (n.name for n in network.order if isinstance(n, (FSActivation, Readout)))}
     pixel_caps: dict[str, int] = {}
     copies: dict[str, int] = {}
+    atoms: set[str] = set()
     for attempt in range(1, 13):
-        program = Lowering(network, config, overrides, observed, replicated, pixel_caps, copies).build()
+        program = Lowering(network, config, overrides, observed, replicated, pixel_caps, copies, atoms).build()
         shrink = check_program(program)
         if not shrink:
             return program
         progress.info("build %d: layers %s need another split (output axons or cores); building again",
                       attempt, ", ".join(sorted(shrink)))
-        for name, n in program.copy_requests.items():
+        for name, (n, refusal) in program.copy_requests.items():
+            consumers = {r for r, srcs in readers.items() if name in srcs}
+            if config.synapse_rows == "auto" and consumers - atoms:
+                # first the readers with the source steps as atoms: a reader core then costs a
+                # source pixel 2 x planes x K slots instead of 2 x K x K x (planes, digits)
+                atoms |= consumers
+                continue
+            if n > MAX_COPIES:
+                raise ResourceError(refusal)
             copies[name] = max(n, copies.get(name, 1))
         for name, per_core in shrink.items():
             consumers = {r for r, srcs in readers.items() if name in srcs} - replicated

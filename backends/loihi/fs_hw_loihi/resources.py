@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from fs_hw.backend import LayerResources, Resources
 from fs_hw.errors import ResourceError
-from fs_hw_loihi.config import LOIHI_LIMITS
+from fs_hw_loihi.config import LOIHI_LIMITS, MAX_COPIES
 
 if TYPE_CHECKING:
     from fs_hw_loihi.program import Program
@@ -32,8 +32,6 @@ def _block_use(block) -> dict[str, int]:
 
 
 CORE_LIMITS = LOIHI_LIMITS.scope("core")
-#: most copies of one FS layer made to share its readers out (see check_program)
-MAX_COPIES = 8
 
 
 def check_program(program: Program) -> dict[str, int]:
@@ -67,13 +65,12 @@ def check_program(program: Program) -> dict[str, int]:
                         # even one pixel a core sends to too many readers: copies of the layer
                         # (each computing the same spikes) share its readers out
                         room = 0.85 * found.limit.value - own
-                        need = -(-int(readers) // max(1, int(room)))
-                        if room <= 0 or need > MAX_COPIES:
-                            raise ResourceError(
-                                f"{found.message}, even with one pixel per core and {n_copies} copies of the "
-                                f"layer ({own:.0f} slots a pixel go to its own inhibition, {readers:.0f} to its "
-                                f"readers; at most {MAX_COPIES} copies share the readers out)")
-                        program.copy_requests[target] = max(need, program.copy_requests.get(target, 1))
+                        need = -(-int(readers) // max(1, int(room))) if room > 0 else MAX_COPIES + 1
+                        refusal = (f"{found.message}, even with one pixel per core and {n_copies} copies of the "
+                                   f"layer ({own:.0f} slots a pixel go to its own inhibition, {readers:.0f} to its "
+                                   f"readers; at most {MAX_COPIES} copies share the readers out)")
+                        if need > program.copy_requests.get(target, (0, ""))[0]:
+                            program.copy_requests[target] = (need, refusal)
                         if px > 1:
                             program.pixel_caps[target] = 1
                         shrink[target] = shrink.get(target, per)

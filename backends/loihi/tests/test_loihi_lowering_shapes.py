@@ -183,3 +183,46 @@ def test_readout_runs_halved_until_their_constants_fit(monkeypatch):
     assert all(max(p.partial.vth, np.abs(p.partial.baseline).max()) < widest for p in halved)
     assert sorted(p.feeds for p in halved)[0][0] == 0 and max(p.feeds[1] for p in halved) == 8
     _exact(art, np.random.default_rng(5).uniform(0, 1, (3, 16)))
+
+
+def test_too_many_readers_get_steps_as_atoms_before_copies(monkeypatch):
+    # the policy of lower_network when a source pixel has too many reader cores: first the
+    # readers hold the source steps as atoms (K / planes times fewer slots each), and only
+    # if that is not enough the source gets copies (the requests are injected here)
+    import fs_hw_loihi.resources as resources
+
+    real, builds = resources.check_program, []
+
+    def check(program):
+        builds.append(program)
+        if len(builds) <= 2:
+            program.copy_requests["f0"] = (1 + len(builds), "refused")
+            return {"f0": max(p.n for p in program.layers["f0"].parts)}
+        return real(program)
+
+    monkeypatch.setattr(resources, "check_program", check)
+    art = LoihiBackend().lower(fan_out_conv(), {"range_samples": 0})
+    first, second, third = builds
+    assert "source steps as atoms" not in first.layers["f1"].split_reason
+    assert "source steps as atoms" in second.layers["f1"].split_reason and len(second.layers["f0"].copies) == 1
+    assert "source steps as atoms" in third.layers["f1"].split_reason and len(third.layers["f0"].copies) == 3
+    _exact(art, np.random.default_rng(6).uniform(0, 1, (2, 4, 3, 3)))
+
+
+def test_more_copies_than_allowed_are_refused(monkeypatch):
+    import fs_hw_loihi.resources as resources
+    from fs_hw_loihi.config import MAX_COPIES
+
+    from fs_hw.errors import ResourceError
+
+    builds = []
+
+    def check(program):
+        builds.append(program)
+        program.copy_requests["f0"] = (MAX_COPIES + 1, "layer 'f0' (core 0 of 9): needs 9999 output axon slots")
+        return {"f0": max(p.n for p in program.layers["f0"].parts)}
+
+    monkeypatch.setattr(resources, "check_program", check)
+    with pytest.raises(ResourceError, match=r"^layer 'f0' \(core 0 of 9\): needs 9999 output axon slots$"):
+        LoihiBackend().lower(fan_out_conv(), {"range_samples": 0})
+    assert len(builds) == 2  # the second build already had the readers' steps as atoms
