@@ -458,7 +458,12 @@ def _execute(plan: DeployPlan, progress: bool) -> DeployReport:
         t_quantize = time.perf_counter() - t0
         t0 = time.perf_counter()
         said.info("lowering for %s", backend.name)
-        artifact = backend.lower(quantized, plan.target_config)
+        try:
+            artifact = backend.lower(quantized, plan.target_config)
+        except MemoryError as exc:  # not the samples' fault: say which step needed the memory
+            raise MemoryError(f"lowering {network.metadata.get('name', 'the network')!r} for {backend.name} "
+                              f"needs more memory than this machine has (the samples and batch size "
+                              f"do not matter for lowering)") from exc
         t_lower = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = _run_chunked(lambda x: backend.run(artifact, x, record_spikes=True, runner=runner),

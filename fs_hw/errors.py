@@ -125,7 +125,9 @@ def run_command(prog: str, action: Callable[..., int], *args: Any) -> int:
             return fail(EXIT_BAD_INPUT, f"error: {_one_line(exc).removeprefix(f'{prog}: ')}")
         except OSError as exc:
             return fail(EXIT_BAD_INPUT, f"error: {_one_line(describe_os_error(exc))}")
-        except MemoryError:
+        except MemoryError as exc:
+            if str(exc):  # a step that knows why it ran out says so
+                return fail(EXIT_BAD_INPUT, f"error: out of memory: {_one_line(exc)}")
             return fail(EXIT_BAD_INPUT, "error: out of memory; run fewer samples (--samples) "
                         "or a smaller [target] batch_size")
         except KeyboardInterrupt:

@@ -240,7 +240,20 @@ def test_memory_error_is_one_line(capsys, monkeypatch):
 
     monkeypatch.setattr(deploy_api, "run_reference", oom)
     assert main(QUICK) == 2
-    assert "out of memory" in one_error_line(capsys)
+    assert "out of memory; run fewer samples" in one_error_line(capsys)
+
+
+def test_memory_error_while_lowering_names_the_step(capsys, monkeypatch):
+    from fs_hw.reference.backend import ReferenceBackend
+
+    def oom(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(ReferenceBackend, "lower", oom)
+    assert main(QUICK) == 2
+    line = one_error_line(capsys)
+    assert "out of memory: lowering" in line and "for reference needs more memory than this machine has" in line
+    assert "run fewer samples" not in line
 
 
 def test_full_disk_names_the_path(tmp_path, capsys, monkeypatch):
