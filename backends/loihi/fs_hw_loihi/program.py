@@ -663,9 +663,9 @@ class Lowering:
                 add(layer.stage * K + t - 1, a * K + t, rng.gate[tp.neurons, t])
                 add(layer.stage * K + t, a * K + t, np.full(tp.n, -rng.vth))
         else:
-            part_range = tp.partial or rng
+            # a part of a fan-in split read-out has its own constants (Lowering._partial_constants)
             add((layer.stage - 1) * K, a, tp.partial.baseline if tp.partial else base)
-            add(layer.stage * K, a, np.full(tp.n, -part_range.vth))
+            add(layer.stage * K, a, np.full(tp.n, -(tp.partial or rng).vth))
         return ev
 
     def _clock_synapses(self, layer: Layer, tp: Part, label: str) -> list[tuple[Synapse, Axon]]:
@@ -762,7 +762,6 @@ class Lowering:
             for sp in src.parts:
                 holders[sp.pixels[0]:sp.pixels[1]] += 1
             total += float((readers.reshape(-1) * holders).sum()) * per_unit * n_t * 2 / MAX_OUT_AXONS
-            # (all copies together send what one layer would, to the same readers)
         return total
 
     def _atoms_apply(self, layer: Layer) -> bool:
@@ -876,21 +875,7 @@ class Lowering:
         feeds = self._feeds(layer)
         one = layer_parts(layer.shape, neurons_per_part=1)[0]
         groups = fan_in_groups(layer.name, len(feeds), lambda run: self._cost(layer, one, run), LOIHI_LIMITS)
-        # a run's worst-case partial sum must also fit the constants that set and clear its
-        # accumulator (one clock synapse each): halve the runs that do not
-        whole_layer = layer_parts(layer.shape)[0]
-        fitted: list[tuple[int, int]] = []
-        while groups:
-            run = groups.pop(0)
-            try:
-                self._partial_constants(layer, Part.of(whole_layer), feeds[run[0]:run[1]], with_bias=run[0] == 0)
-                fitted.append(run)
-            except ResourceError:
-                if run[1] - run[0] == 1:
-                    raise
-                mid = (run[0] + run[1]) // 2
-                groups[:0] = [(run[0], mid), (mid, run[1])]
-        groups = fitted
+        groups = self._halved_until_constants_fit(layer, feeds, groups)
         parts = []
         for run in groups:
             chosen = split(run)
@@ -902,6 +887,25 @@ class Lowering:
         layer.split_reason = (f"fan-in split: {len(groups)} runs of at most {max(b - a for a, b in groups)} of "
                               f"{len(feeds)} source cores, the host adds the partial accumulators; {chosen.why}")
         return parts
+
+    def _halved_until_constants_fit(self, layer: Layer, feeds: list[tuple[str, Part]],
+                                    groups: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``groups`` (runs of ``feeds``), each halved until its worst-case partial sum fits
+        the constants that set and clear its accumulator (one clock synapse each)."""
+        every_neuron = Part.of(layer_parts(layer.shape)[0])  # constants are per neuron: all of them
+        fitted: list[tuple[int, int]] = []
+        todo = list(groups)
+        while todo:
+            run = todo.pop(0)
+            try:
+                self._partial_constants(layer, every_neuron, feeds[run[0]:run[1]], with_bias=run[0] == 0)
+                fitted.append(run)
+            except ResourceError:
+                if run[1] - run[0] == 1:
+                    raise
+                mid = (run[0] + run[1]) // 2
+                todo[:0] = [(run[0], mid), (mid, run[1])]
+        return fitted
 
     def _partial_constants(self, layer: Layer, tp: Part, feeds: list[tuple[str, Part]],
                            with_bias: bool) -> PartialReadout:
@@ -1077,6 +1081,9 @@ def lower_network(network: Network, config: LoihiConfig, observed: dict | None =
     A source layer whose cores need too many output axons first has the layers reading
     it switched to replicated synapse rows (K times fewer output axons per source
     compartment); if that is not enough it is re-partitioned with fewer neurons a core.
+    When even one pixel a core sends to too many reader cores, its readers get the source
+    steps as atoms, and then the layer is built as copies that share the readers out (at
+    most ``MAX_COPIES``). Each of these decisions costs a rebuild of the whole program.
     """
     from fs_hw_loihi.resources import check_program
 
