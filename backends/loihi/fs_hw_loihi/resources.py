@@ -58,8 +58,8 @@ def check_program(program: Program) -> dict[str, int]:
                     # (inhibition inside a neuron) and, were there one copy of the layer, to readers
                     px = part.pixels[1] - part.pixels[0]
                     n_copies = len(program.layers[target].copies) or 1
-                    own = sum(ax.axon_slots() for ax in part.block.axons
-                              if any(ax.target is syn for syn in part.block.synapses)) / px
+                    own_synapses = {id(syn) for syn in part.block.synapses}
+                    own = sum(ax.axon_slots() for ax in part.block.axons if id(ax.target) in own_synapses) / px
                     readers = (found.used / px - own) * n_copies
                     if own + readers > 0.9 * found.limit.value:
                         # even one pixel a core sends to too many readers: copies of the layer
