@@ -190,7 +190,7 @@ def _check_bounds(net, x, mode="fast"):
             fast32._spike_exact(ch, node, c, ch.full64(node.input), counts, None)
             continue
         vals, extra = fast32._forward32(ch, fast32._cone(plan, node.input), slice(0, len(xp)))
-        E = plan.check[node.name] + sum((extra[k] for k in plan.data_fs.get(node.name, ())), 0)
+        E = plan.bound_map(node.name, extra)
         unit = c.grid or 1.0
         t = vals[node.input].astype(np.float64) * (plan.sigma[node.input] / unit)
         err = np.abs(t - ch.exact64(node.input) / unit)

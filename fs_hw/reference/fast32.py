@@ -76,6 +76,7 @@ from fs_hw.codes.relu import _POPCOUNT16, relu_closed_form
 from fs_hw.dynamics import simulate_fs
 from fs_hw.ir.network import Network
 from fs_hw.ir.nodes import Add, AvgPool2d, Conv2d, Dense, Flatten, FSActivation, Input
+from fs_hw.reference import kernels
 from fs_hw.reference.ops import apply_linear
 
 U32 = 2.0**-24
@@ -85,6 +86,23 @@ SLACK = 1.0 + 2.0**-20
 #: samples per internal chunk: keeps a layer's float32 activations in cache for the
 #: elementwise passes (the benchmark's batch of 256 is four of them)
 CHUNK = 64
+
+
+def rank_one_majorant(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``r`` (rows) and ``a`` (columns) with ``r[o] * a[c] >= m[o, c]`` for a non-negative
+    matrix ``m``, alternately tightened (each step keeps the inequality and never
+    loosens it); checked exactly at the end."""
+    m = np.asarray(m, np.float64)
+    a = m.max(axis=0)
+    r = np.ones(m.shape[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for _ in range(8):
+            r = np.where(a[None, :] > 0, m / a[None, :], 0.0).max(axis=1)
+            a = np.where(r[:, None] > 0, m / r[:, None], 0.0).max(axis=0)
+    a = a * (1 + 8 * U64)  # the divisions' rounding
+    if not np.all(r[:, None] * a[None, :] >= m):  # pragma: no cover - a bug, not an input
+        raise AssertionError("rank-one majorant below the matrix")
+    return r, a
 
 
 def gamma(n: int, u: float) -> float:
@@ -238,6 +256,16 @@ class Plan:
         #: neurons checked, recomputed in float64, and settled by the float64 mode's kernels
         self.stats = {"checked": 0, "recomputed": 0, "full64": 0}
 
+    def bound_map(self, name: str, extra: dict) -> np.ndarray:
+        """The whole bound of FS node ``name`` (``(m, *input shape)``, float64) from the
+        per-sample maps ``extra`` of ``_forward32``: ``E0 + sum_j r_j[o] B_j``. The
+        kernels add it per neuron instead; this is for tests and non-ReLU codes."""
+        E = self.check[name].astype(np.float64)
+        for r, conv in zip(self.data_r.get(name, ()), self.data_fs.get(name, ())):
+            B = extra[conv].astype(np.float64)
+            E = E + r.astype(np.float64)[None, :, None, None] * B[:, None]
+        return E
+
     def _lifetimes(self, network: Network) -> None:
         """``free_after[i]``: spiking nodes no spiking node after the i-th one (nor the
         read-out) reads, so a batch's levels are dropped once they are spent (a 10k-image
@@ -264,21 +292,22 @@ class Plan:
             self.free_after.setdefault(i, []).append(name)
 
     def _data_bounds(self, network: Network) -> None:
-        """Convolutions of ReLU levels q >= 0 whose float32 rounding is bounded per sample.
+        """Convolutions of spiking inputs whose float32 rounding is bounded per sample.
 
-        The a-priori term :math:`\\gamma_{n+4} |W| M` uses the largest level everywhere;
-        with the levels at hand, :math:`\\sum_i |w_i| q_i \\le \\sum_{c} \\max_{taps}
-        |w_{c}| \\cdot (\\text{sum of } q_c \\text{ over the window})`, a window sum (exact: integers
-        below 2^24) and a 1x1 convolution, about a ninth of the 3x3 convolution's work.
-        Its float32 value, a sum of non-negative terms, is at least the exact one times
-        :math:`1 - \\gamma_{m}` (m = input channels + 1), which the weights' factor
-        covers. ``data_fs``: per FS node, the convolutions (direct, or through one add)
-        whose maps are added to its check; ``data_w``: their 1x1 weights, in the FS node's
-        grid units."""
-        torch = _torch()
+        The a-priori term :math:`\\gamma_{n+4} |W| M` uses the largest input everywhere.
+        With the inputs at hand, :math:`\\sum |w_{oc\\tau}| |y_c| \\le r_o \\sum_{c,\\tau} a_c
+        |y_c|` for a rank-one majorant :math:`r_o a_c \\ge \\max_\\tau |w_{oc\\tau}|`
+        (:func:`rank_one_majorant`): a weighted sum over input channels at every input
+        pixel, then over each window (``kernels.window_sums``), a few percent of the
+        convolution's work. Computed in float64 (or a float32 convolution without numba),
+        a sum of :math:`m` non-negative rounded terms, it is at least the exact value
+        times :math:`1 - \\gamma_m` (float32's :math:`u`), which :math:`r_o` covers.
+        ``data_fs``: per FS node, the convolutions (direct, or through one add) whose
+        maps enter its check, and ``data_r`` their :math:`r_o` stacked ``(k, O)``, in
+        the FS node's grid units; ``bound_a``: each convolution's :math:`a_c`."""
         self.data_fs: dict[str, list[str]] = {}
-        self.data_w: dict[str, object] = {}
-        self.ones: dict[tuple, object] = {}
+        self.data_r: dict[str, np.ndarray] = {}
+        self.bound_a: dict[str, np.ndarray] = {}
         by = network.by_name
 
         def eligible(name: str, via: str | None) -> bool:
@@ -297,17 +326,19 @@ class Plan:
                 convs = [src.name]
             elif isinstance(src, Add) and network.consumers[src.name] == (node.name,):
                 convs = [op for op in src.inputs if eligible(op, src.name)]
+            rows = []
             for name in convs:
-                w = by[name].weight
-                n = int(np.prod(w.shape[1:]))
-                s_in = self.sigma[by[name].inputs[0]]
-                factor = gamma(n + 4, U32) * s_in / unit / (1 - gamma(w.shape[1] + 2, U32)) * SLACK
-                wmax = np.abs(w).max(axis=(2, 3), keepdims=True) * factor * (1 + 4 * U32)
-                self.data_w[name] = torch.from_numpy(np.ascontiguousarray(wmax.astype(np.float32)))
-                cin, kh, kw = w.shape[1:]
-                self.ones[(cin, kh, kw)] = torch.ones((cin, 1, kh, kw))
+                conv = by[name]
+                w = conv.weight
+                co, cin, kh, kw = w.shape
+                n = cin * kh * kw
+                s_in = self.sigma[conv.inputs[0]]
+                r, a = rank_one_majorant(np.abs(w).max(axis=(2, 3)))
+                self.bound_a[name] = (a * (1 + 4 * U32)).astype(np.float32)  # rounded up
+                rows.append(r * (gamma(n + 4, U32) * s_in / unit / (1 - gamma(n, U32)) * SLACK))
             if convs:
                 self.data_fs[node.name] = convs
+                self.data_r[node.name] = (np.stack(rows) * (1 + 4 * U32)).astype(np.float32)  # rounded up
 
     # -- a-priori bounds (absolute units, per neuron, no batch axis) ---------------------
     def _bounds(self, network: Network, spiking: set[str], x_abs_max: float) -> None:
@@ -347,7 +378,7 @@ class Plan:
                 absb = np.abs(node.bias_for_output() if isinstance(node, Conv2d) else node.bias)
                 mag = self._abs_map(node, M[ins[0]])
                 M[name] = mag + absb
-                if name in self.data_w:  # the rounding of |W||y| is added per sample (_data_bounds)
+                if name in self.bound_a:  # the rounding of |W||y| is added per sample (_data_bounds)
                     e32[name] = self._abs_map(node, e32[ins[0]]) + gamma(n + 4, U32) * absb
                 else:
                     e32[name] = self._abs_map(node, e32[ins[0]]) + gamma(n + 4, U32) * (
@@ -567,8 +598,8 @@ def _cone(plan: Plan, name: str) -> list[str]:
 
 
 def _forward32(ch: _Chunk, cone: list[str], rows: slice) -> tuple[dict, dict]:
-    """float32 values of the cone's nodes for samples ``rows``, and the data-dependent
-    error maps (in the consuming FS node's grid units) of its data-bounded convolutions."""
+    """float32 values of the cone's nodes for samples ``rows``, and the per-sample bound
+    maps of its data-bounded convolutions (``_data_bounds``)."""
     torch = _torch()
     plan = ch.plan
     net = plan.net
@@ -596,16 +627,9 @@ def _forward32(ch: _Chunk, cone: list[str], rows: slice) -> tuple[dict, dict]:
             with torch.no_grad():
                 out = torch.nn.functional.conv2d(xin, plan.w32[name], None if bmap else plan.b32[name],
                                                  stride=node.stride, padding=node.padding).numpy()
-                if name in plan.data_w:
-                    # sum of q over each window, per input channel, times the largest |w| of
-                    # each (output, input) channel pair: >= sum |w| q (module doc)
-                    kh, kw = node.weight.shape[2:]
-                    # (a depthwise convolution with ones: torch's avg_pool2d is ~15x slower)
-                    cin = xin.shape[1]
-                    mag = xin if node.inputs[0] in ch.q else xin.abs()  # levels q are >= 0
-                    box = torch.nn.functional.conv2d(mag, plan.ones[(cin, kh, kw)], None, node.stride,
-                                                     node.padding, groups=cin)
-                    extra[name] = torch.nn.functional.conv2d(box, plan.data_w[name]).numpy()
+            if name in plan.bound_a:
+                extra[name] = kernels.window_sums(ins[0], plan.bound_a[name], node.weight.shape[2:], node.stride,
+                                                  node.padding, out.shape[2:])
             if bmap:
                 out += plan.b32[name]
         elif isinstance(node, Dense):
@@ -685,18 +709,23 @@ def _spike_checked(ch: _Chunk, node, c: _Code, counts, trains) -> None:
     out = np.empty((ch.n, *shape), np.float32 if relu else np.float64)
     count = np.empty(ch.n, np.int64)
 
+    convs = plan.data_fs.get(node.name, ())
+    r = plan.data_r.get(node.name, np.zeros((0, shape[0]), np.float32))
+    E0 = plan.check[node.name]
+
     def work(start: int) -> None:
         rows = slice(start, min(start + CHUNK, ch.n))
         vals, extra = _forward32(ch, cone, rows)
         t = vals[src]
-        E = plan.check[node.name]
-        for conv in plan.data_fs.get(node.name, ()):
-            E = E + extra[conv]
+        m = len(t)
+        # the per-sample bound maps, one per data-bounded convolution: (k, m, pixels)
+        B = np.empty((len(convs), m, size // shape[0]), np.float32)
+        for j, conv in enumerate(convs):
+            B[j] = extra[conv].reshape(m, -1)
         if relu:
-            _decide_relu(ch, src, c, t, E, start * size, out[rows])
-            count[rows] = _popcount_sum(out[rows], c.levels)  # while the levels are in cache
+            _decide_relu(ch, src, c, np.ascontiguousarray(t), E0, r, B, start * size, out[rows], count[rows])
         else:
-            out[rows] = _decide_generic(ch, src, c, t, E, start * size)
+            out[rows] = _decide_generic(ch, src, c, t, plan.bound_map(node.name, extra), start * size)
 
     starts = range(0, ch.n, CHUNK)
     if ch.pool is None or len(starts) < 2:
@@ -710,22 +739,18 @@ def _spike_checked(ch: _Chunk, node, c: _Code, counts, trains) -> None:
         _spike_exact(ch, node, c, out, counts, trains)
 
 
-def _decide_relu(ch: _Chunk, src: str, c: _Code, t: np.ndarray, E, offset: int, q: np.ndarray) -> None:
+def _decide_relu(ch: _Chunk, src: str, c: _Code, t: np.ndarray, E0, r, B, offset: int, q: np.ndarray,
+                 count: np.ndarray) -> None:
     """Write into ``q`` the float64 mode's levels for the float32 values ``t`` of ``src``
-    (rows of the batch from flat index ``offset``); ``t`` is overwritten."""
+    (rows of the batch from flat index ``offset``), and into ``count`` their spikes per
+    sample. The bound is ``E0 + sum_j r[j] B[j]`` (a-priori map, per-sample maps)."""
     plan = ch.plan
-    ratio = plan.sigma[src] / c.grid
-    if ratio != 1.0:
-        t = t * np.float32(ratio)
-    # level = clip(floor(t), 0, L) = floor(clip(t, 0.5, L + 0.5)). Undecided iff an integer
-    # lies in [cl - E, cl + E], i.e. floor(cl + E) >= cl - E; where decided, the level is
-    # floor(cl + E). The margin in E covers the float32 rounding of cl +- E (module doc).
-    cl = np.clip(t, np.float32(0.5), np.float32(c.levels + 0.5), out=t)
-    np.add(cl, E, out=q)
-    np.floor(q, out=q)
-    np.subtract(cl, E, out=cl)
-    flagged = np.flatnonzero(q >= cl)
-    _tally(plan, t.size, flagged.size)
+    m = len(t)
+    t3 = t.reshape(m, t.shape[1] if t.ndim > 1 else 1, -1)
+    q3 = q.reshape(t3.shape)
+    flagged = kernels.decide_relu(t3, t3.shape[1], plan.sigma[src] / c.grid, E0.reshape(q3.shape[1:]), r, B,
+                                  c.levels, q3, count)
+    _tally(plan, q.size, flagged.size)
     if flagged.size:
         v, D = _recompute(ch, src, flagged + offset)
         if plan.mode == "spike":
@@ -738,6 +763,7 @@ def _decide_relu(ch: _Chunk, src: str, c: _Code, t: np.ndarray, E, offset: int, 
             exact = ch.exact64(src).reshape(-1)[flagged[bad] + offset]
             qlo[bad] = _relu_levels(exact, c)
         q.reshape(-1)[flagged] = qlo
+        np.add.at(count, flagged // (q.size // m), kernels.popcount(qlo.astype(np.int64)))
 
 
 def _decide_generic(ch: _Chunk, src: str, c: _Code, t: np.ndarray, E, offset: int) -> np.ndarray:
@@ -836,58 +862,16 @@ def _rows64(ch: _Chunk, name: str, b: np.ndarray) -> np.ndarray:
 
 
 def _recompute_conv(ch: _Chunk, node: Conv2d, flat: np.ndarray):
-    """float64 values of a convolution at flat output indices (receptive fields gathered;
-    neurons grouped by output channel so that each group is one matrix-vector product)."""
-    net = ch.plan.net
+    """float64 values of a convolution at flat output indices: each neuron's receptive
+    field and weights, one dot product (``kernels.conv_dots``)."""
     src = node.inputs[0]
-    co, ci, kh, kw = node.weight.shape
-    C, H, W = net.shapes[src]
-    _, Ho, Wo = net.shapes[node.name]
-    order = np.argsort(flat // (Ho * Wo) % co, kind="stable")
-    b, c, i, j = np.unravel_index(flat[order], (ch.n, co, Ho, Wo))
-    (sh, sw), (ph, pw) = node.stride, node.padding
+    co = node.weight.shape[0]
+    _, Ho, Wo = ch.plan.net.shapes[node.name]
+    b, c, i, j = np.unravel_index(flat, (ch.n, co, Ho, Wo))
     relu = src in ch.q
-    arr = ch.q[src] if relu else ch.full64(src)
-    scale = ch.plan.codes[src].grid if relu else 1.0
-    P, n = len(flat), ci * kh * kw
-    top, left = i * sh - ph, j * sw - pw
-    inner = (top >= 0) & (top + kh <= H) & (left >= 0) & (left + kw <= W)
-    offsets = ((np.arange(ci) * (H * W))[:, None, None] + (np.arange(kh) * W)[None, :, None]
-               + np.arange(kw)[None, None, :]).reshape(-1)
-    idx = (b * (C * H * W) + top * W + left)[:, None] + offsets[None, :]
-    edge = np.flatnonzero(~inner)
-    if edge.size:  # taps in the zero padding read a clipped index and are zeroed below
-        rows = top[edge, None] + np.arange(kh)[None, :]
-        cols = left[edge, None] + np.arange(kw)[None, :]
-        inside = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]
-        rows, cols = np.clip(rows, 0, H - 1), np.clip(cols, 0, W - 1)
-        spatial = (rows * W)[:, :, None] + cols[:, None, :] + (b[edge] * (C * H * W))[:, None, None]
-        idx[edge] = ((np.arange(ci) * (H * W))[None, :, None] + spatial.reshape(len(edge), 1, kh * kw)
-                     ).reshape(len(edge), n)
-    patch = arr.reshape(-1).take(idx)
-    if edge.size:
-        patch[edge] *= np.broadcast_to(inside.reshape(len(edge), 1, kh * kw), (len(edge), ci, kh * kw)
-                                       ).reshape(len(edge), n)
-    patch = patch.astype(np.float64, copy=False)
+    x = ch.q[src] if relu else ch.full64(src)
     # w s rounds once more than w (q s): gamma_{n+2} below covers it
-    w = node.weight.reshape(co, -1) * scale
-    wabs = np.abs(w)
-    v = np.empty(P)
-    mag = np.empty(P)
-    # one matrix-vector product per output channel (neurons sorted by channel); einsum, not
-    # BLAS: these products are small, and a multithreaded BLAS called from the chunks'
-    # threads on a busy machine spent 20x longer on them (any order of the sums is
-    # inside the bound D)
-    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
-    if not relu:
-        absp = np.abs(patch)
-    for a, z in zip(starts, np.r_[starts[1:], P]):
-        np.einsum("pn,n->p", patch[a:z], w[c[a]], out=v[a:z])
-        np.einsum("pn,n->p", patch[a:z] if relu else absp[a:z], wabs[c[a]], out=mag[a:z])  # levels are >= 0
-    bias = node.bias_for_output()
-    bias = bias[c, i if bias.shape[1] > 1 else 0, j if bias.shape[2] > 1 else 0]
-    v += bias
-    mag += np.abs(bias)
-    out_v, out_mag = np.empty(P), np.empty(P)
-    out_v[order], out_mag[order] = v, mag
-    return out_v, 2 * gamma(n + 2, U64) * out_mag * SLACK
+    w = node.weight * (ch.plan.codes[src].grid if relu else 1.0)
+    v, mag = kernels.conv_dots(x, w, node.bias_for_output(), node.stride, node.padding, b, c, i, j)
+    n = int(np.prod(node.weight.shape[1:]))
+    return v, 2 * gamma(n + 2, U64) * mag * SLACK
