@@ -331,3 +331,101 @@ def test_analog_input_and_pooling_before_a_spiking_layer(alpha):
     if alpha == 1.75:  # the spike mode's float32 path takes ReLU grids only
         _check_bounds(net, x, mode="spike")
         assert_identical(net, x, batch_size=20, mode="spike")
+
+
+# -- parts of a batch in parallel, and the compiled kernels against numpy's --------------
+@pytest.fixture
+def two_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", ["conv", "residual", "mlp_relu_gt"])
+def test_parts_of_a_batch_in_parallel(name, two_threads):
+    """More samples than one chunk, two threads: each part runs every layer on its own."""
+    net, x = conformance.scenario(name, samples=3 * fast32.CHUNK + 5)
+    r = assert_identical(net, x)
+    assert r.info["float32_parallel_parts"] == 2
+
+
+def test_a_part_needing_the_whole_batch_falls_back_to_layer_by_layer(two_threads):
+    """Pre-activations on a fitted code's thresholds need float64 values of the whole
+    batch (batch-size dependent sums): the parts stop and the batch runs layer by layer."""
+    code = conformance._all_codes()[[n for n in conformance.SCENARIOS if n.startswith("code:")][0][5:]]
+    values = np.array([float(code.T[0]), float(code.T[1]), 0.0])
+    nodes = (
+        Input("x", (4,), "in"),
+        Dense("d0", "x", np.zeros((len(values), 4)), values),
+        FSActivation("f0", "d0", code.name),
+        Dense("d1", "f0", np.random.default_rng(0).normal(size=(3, len(values))), np.zeros(3)),
+        Readout("out", "d1"),
+    )
+    net = Network(nodes, {"in": relu_code(1.0, code.K, name="in"), code.name: code}, {"name": "thresholds"})
+    r = assert_identical(net, np.random.default_rng(0).uniform(0, 1, (2 * fast32.CHUNK + 3, 4)))
+    assert r.info["float32_full64"] > 0 and r.info["float32_parallel_parts"] == 1
+
+
+@pytest.fixture
+def numpy_kernels():
+    from fs_hw.reference import kernels
+
+    kernels.FORCE_NUMPY = True
+    yield
+    kernels.FORCE_NUMPY = False
+
+
+@pytest.mark.parametrize("name", ["conv", "conv_bias_map", "residual", "mlp_relu_gt"])
+def test_numpy_kernels_give_the_same_spikes(name, numpy_kernels):
+    """Without numba (the ``speed`` extra) the same loops run as numpy passes."""
+    from fs_hw.reference import kernels
+
+    assert not kernels.compiled()
+    assert_identical(*conformance.scenario(name, samples=40))
+
+
+def test_compiled_and_numpy_kernels_agree():
+    """Each kernel against its numpy version on random data with values on and around
+    the grid points: the same levels, counts and undecided neurons; the same window sums
+    and dot products up to the rounding their callers' bounds cover."""
+    from fs_hw.reference import kernels
+
+    if not kernels.compiled():
+        pytest.skip("numba not installed")
+    rng = np.random.default_rng(5)
+    n, C, H, W, levels = 7, 5, 6, 4, 63
+    t = rng.integers(-3, levels + 3, (n, C, H, W)).astype(np.float32)  # on grid points
+    t += rng.choice([0, 1e-5, -1e-5, 0.25, 0.5], t.shape).astype(np.float32)  # and beside them
+    t = np.moveaxis(np.ascontiguousarray(np.moveaxis(t, 1, -1)), -1, 1)  # held channels last
+    E0 = rng.uniform(0, 2e-5, (C, H, W)).astype(np.float32)
+    r = rng.uniform(0, 1e-6, (2, C)).astype(np.float32)
+    B = rng.uniform(0, 10, (2, n, H * W)).astype(np.float32)
+    x = rng.integers(0, 9, (n, C, H, W)).astype(np.float32)
+    w = rng.normal(size=(3, C, 3, 3))
+    bias = rng.normal(size=(3, 1, 1))
+    sel = [a.ravel() for a in np.indices((n, 3, 3, 2))]
+    out = {}
+    for force in (False, True):
+        kernels.FORCE_NUMPY = force
+        try:
+            q = np.full_like(t, -1.0)
+            counts = np.zeros(n, np.int64)
+            flagged = kernels.decide_relu(t, 1.0, E0, r, B, levels, q, counts)
+            dots = kernels.conv_dots(x, w, bias, (2, 2), (1, 1), *sel)
+            sums = kernels.window_sums(x, np.abs(w).max(axis=(0, 2, 3)).astype(np.float32), (3, 3), (2, 2), (1, 1),
+                                       (3, 2))
+        finally:
+            kernels.FORCE_NUMPY = False
+        out[force] = (q, counts, flagged, dots, sums)
+    (q1, c1, f1, d1, s1), (q2, c2, f2, d2, s2) = out[False], out[True]
+    assert 0 < len(f1) < t.size  # some neurons decided, some not
+    np.testing.assert_array_equal(f1, f2)
+    np.testing.assert_array_equal(q1, q2)
+    np.testing.assert_array_equal(c1, c2)
+    # float64 dot products of 45 terms in two orders: within 2 gamma_47 of their magnitudes
+    np.testing.assert_array_less(np.abs(d1[0] - d2[0]), 2 * fast32.gamma(47, fast32.U64) * d1[1] + 1e-300)
+    np.testing.assert_allclose(d1[1], d2[1], rtol=1e-13)  # magnitudes: the same, summed apart
+    np.testing.assert_allclose(s1, s2, rtol=1e-5)  # float32 sums of 45 positive terms, two orders

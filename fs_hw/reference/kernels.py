@@ -47,43 +47,51 @@ def compiled() -> bool:
     return _numba is not None and not FORCE_NUMPY
 
 
+def channels_last(a: np.ndarray) -> np.ndarray:
+    """``(n, C, *pixels)`` (any strides) as C-contiguous ``(n, pixels, C)``; a view when
+    ``a`` is held channels last (as the float32 path holds its images), else a copy."""
+    rows = np.moveaxis(a, 1, -1) if a.ndim > 2 else a[:, None, :]
+    return np.ascontiguousarray(rows).reshape(len(a), -1, a.shape[1])
+
+
 # -- the ReLU decision ------------------------------------------------------------------
-def _decide_relu_loop(t, n_out, ratio, E0, r, B, levels, q, counts, flagged):  # pragma: no cover - compiled
-    # Three passes over one (sample, channel) row, each a simple float32 loop LLVM
+def _decide_relu_loop(t, ratio, E0, r, B, levels, q, counts, flagged):  # pragma: no cover - compiled
+    # Per (sample, pixel): three loops over the channels, each a float32 loop LLVM
     # vectorizes: the levels and how many are undecided; (rarely) which; the spikes.
-    n, _, P = t.shape
+    n, P, C = t.shape
     k = r.shape[0]
     top = np.float32(levels + 0.5)
     half = np.float32(0.5)
+    zero = np.float32(0.0)
     nf = 0
-    zeros = np.zeros(P, np.float32)
+    zeros = np.zeros(C, np.float32)
+    r0 = r[0] if k > 0 else zeros
+    r1 = r[1] if k > 1 else zeros
     for s in range(n):
         spikes = 0
-        for o in range(n_out):
-            e0 = E0[o]
-            to = t[s, o]
-            qo = q[s, o]
-            r0 = r[0, o] if k > 0 else np.float32(0.0)
-            r1 = r[1, o] if k > 1 else np.float32(0.0)
-            b0 = B[0, s] if k > 0 else zeros
-            b1 = B[1, s] if k > 1 else zeros
+        for p in range(P):
+            e0 = E0[p]
+            to = t[s, p]
+            qo = q[s, p]
+            b0 = B[0, s, p] if k > 0 else zero
+            b1 = B[1, s, p] if k > 1 else zero
             undecided = 0
-            for p in range(P):
-                e = e0[p] + r0 * b0[p] + r1 * b1[p]
-                x = min(max(to[p] * ratio, half), top)
+            for o in range(C):
+                e = e0[o] + r0[o] * b0 + r1[o] * b1
+                x = min(max(to[o] * ratio, half), top)
                 level = np.floor(x + e)
-                qo[p] = min(level, levels)
+                qo[o] = min(level, levels)
                 undecided += level >= x - e  # an integer (grid point) lies in [x - e, x + e]
             if undecided:
-                for p in range(P):
-                    e = e0[p] + r0 * b0[p] + r1 * b1[p]
-                    x = min(max(to[p] * ratio, half), top)
+                for o in range(C):
+                    e = e0[o] + r0[o] * b0 + r1[o] * b1
+                    x = min(max(to[o] * ratio, half), top)
                     if np.floor(x + e) >= x - e:
-                        flagged[nf] = (s * n_out + o) * P + p
+                        flagged[nf] = (s * C + o) * P + p  # flat index over (n, C, pixels)
                         nf += 1
-                        qo[p] = 0.0
-            for p in range(P):  # the level's binary digits are its spikes (levels < 2^24)
-                bits = np.int32(qo[p])
+                        qo[o] = zero
+            for o in range(C):  # the level's binary digits are its spikes (levels < 2^24)
+                bits = np.int32(qo[o])
                 bits = bits - ((bits >> 1) & 0x55555555)
                 bits = (bits & 0x33333333) + ((bits >> 2) & 0x33333333)
                 bits = (bits + (bits >> 4)) & 0x0F0F0F0F
@@ -95,26 +103,31 @@ def _decide_relu_loop(t, n_out, ratio, E0, r, B, levels, q, counts, flagged):  #
 _decide_relu_jit = _jit(_decide_relu_loop)
 
 
-def decide_relu(t: np.ndarray, n_out: int, ratio: float, E0: np.ndarray, r: np.ndarray, B: np.ndarray,
-                levels: int, q: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Decide the ReLU levels of the float32 values ``t[:, :n_out]`` (``t`` C-contiguous
-    ``(n, channels, P)``; channels beyond ``n_out`` are ignored) in the code's grid units
-    times ``ratio``, with the bound ``E0[o, p] + sum_j r[j, o] B[j, s, p]`` (``E0``
-    ``(n_out, P)`` a-priori, ``B`` ``(k, n, P)`` float64 per-sample maps, ``r``
-    ``(k, n_out)``).
+def decide_relu(t: np.ndarray, ratio: float, E0: np.ndarray, r: np.ndarray, B: np.ndarray, levels: int,
+                q: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Decide the ReLU levels of float32 values ``t`` (``(n, C, *pixels)``) in the code's
+    grid units times ``ratio``, with the bound ``E0[c, px] + sum_j r[j, c] B[j, s, px]``
+    (``E0`` ``(C, *pixels)`` a-priori; ``B`` ``(k, n, P)`` per-sample maps, ``r``
+    ``(k, C)``, float32, ``P`` the number of pixels).
 
     A neuron is decided when no grid point ``1..levels`` lies within the bound of
     ``x = clip(t ratio, 0.5, levels + 0.5)``; its level ``floor(x + e)`` goes to ``q``
-    (float32 ``(n, n_out, P)``) and its spikes to ``counts[s]``. The others get level 0 and
-    no count here; their flat indices (over ``(n, n_out, P)``) are returned, ascending."""
+    (float32, shaped as ``t``, best held channels last) and its spikes to ``counts[s]``.
+    The others get level 0 and no count here; their flat indices over ``(n, C, *pixels)``
+    are returned. float32 arithmetic, as the caller's margin assumes (fast32)."""
     if levels >= 2**24:  # pragma: no cover - float32 levels are exact below 2^24 (fast32)
         raise ValueError(f"levels {levels} above 2^24")
     if compiled() and r.shape[0] <= 2:  # (an add of more data-bounded convolutions: numpy)
+        t3, q3 = channels_last(t), channels_last(q)
         flagged = np.empty(q.size, np.int64)
-        nf = _decide_relu_jit(t, n_out, np.float32(ratio), E0, r, B, np.float32(levels), q,
+        nf = _decide_relu_jit(t3, np.float32(ratio), channels_last(E0[None])[0], r, B, np.float32(levels), q3,
                               counts, flagged)
-        return flagged[:nf].copy()
-    return _numpy_decide_relu(t[:, :n_out], ratio, E0, r, B, levels, q, counts)
+        if not np.shares_memory(q3, q):  # q was not held channels last
+            q[...] = np.moveaxis(q3.reshape(len(q), *q.shape[2:], q.shape[1]), -1, 1) if q.ndim > 2 else q3[:, 0]
+        return np.sort(flagged[:nf])
+    m = len(t)
+    return _numpy_decide_relu(t.reshape(m, t.shape[1], -1), ratio, E0.reshape(E0.shape[0], -1), r, B, levels,
+                              q, counts)
 
 
 def _numpy_decide_relu(t, ratio, E0, r, B, levels, q, counts):
@@ -125,7 +138,7 @@ def _numpy_decide_relu(t, ratio, E0, r, B, levels, q, counts):
     level = np.floor(x + e)
     undecided = level >= x - e
     level[undecided] = 0.0
-    q[...] = level
+    q[...] = level.reshape(q.shape)
     counts[...] = popcount(level.astype(np.int64)).reshape(len(t), -1).sum(axis=1)
     return np.flatnonzero(undecided)
 
@@ -142,8 +155,9 @@ def popcount(values: np.ndarray) -> np.ndarray:
 
 # -- the float64 recomputation of a convolution's neurons --------------------------------
 def _conv_dots_loop(x, w, bias, sh, sw, ph, pw, b, c, i, j, v, mag):  # pragma: no cover - compiled
-    _, C, H, W = x.shape
-    _, _, kh, kw = w.shape
+    # x (n, H, W, C) and w (co, kh, kw, C): the channels, innermost, are contiguous
+    _, H, W, C = x.shape
+    _, kh, kw, _ = w.shape
     Hb, Wb = bias.shape[1], bias.shape[2]
     for u in range(b.shape[0]):
         acc = 0.0
@@ -155,8 +169,10 @@ def _conv_dots_loop(x, w, bias, sh, sw, ph, pw, b, c, i, j, v, mag):  # pragma: 
         # taps inside the image only (the zero padding adds nothing)
         for dy in range(max(0, -top), min(kh, H - top)):
             for dx in range(max(0, -left), min(kw, W - left)):
+                xr = xs[top + dy, left + dx]
+                wr = wc[dy, dx]
                 for ch in range(C):
-                    term = np.float64(xs[ch, top + dy, left + dx]) * wc[ch, dy, dx]
+                    term = np.float64(xr[ch]) * wr[ch]
                     acc += term
                     m += abs(term)
         bb = bias[c[u], i[u] if Hb > 1 else 0, j[u] if Wb > 1 else 0]
@@ -173,14 +189,14 @@ _conv_dots_jit = _jit(_conv_dots_loop, fastmath={"reassoc", "contract"})
 def conv_dots(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride, padding, b, c, i, j):
     """float64 values ``v`` and magnitudes ``sum |w||x| + |b|`` of a convolution's neurons
     ``(b, c, i, j)`` (sample, output channel, row, column), from input ``x`` ``(n, C, H,
-    W)`` (float32 or float64, widened exactly), float64 weights ``w`` and ``bias``
-    ``(co, Hb, Wb)`` (``Hb``, ``Wb`` 1 for a per-channel bias). Taps in the zero padding
-    add nothing."""
+    W)`` (float32 or float64, widened exactly; best held channels last), float64 weights
+    ``w`` and ``bias`` ``(co, Hb, Wb)`` (``Hb``, ``Wb`` 1 for a per-channel bias). Taps in
+    the zero padding add nothing."""
     P = len(b)
     v, mag = np.empty(P), np.empty(P)
     if compiled():
-        _conv_dots_jit(x, w, bias, int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]),
-                       b, c, i, j, v, mag)
+        _conv_dots_jit(np.ascontiguousarray(np.moveaxis(x, 1, -1)), np.ascontiguousarray(np.moveaxis(w, 1, -1)),
+                       bias, int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]), b, c, i, j, v, mag)
     else:
         _numpy_conv_dots(x, w, bias, stride, padding, b, c, i, j, v, mag)
     return v, mag
@@ -209,35 +225,30 @@ def _numpy_conv_dots(x, w, bias, stride, padding, b, c, i, j, v, mag):
 
 # -- the per-sample rounding bound of a convolution ------------------------------------
 def _window_sums_loop(x, a, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - compiled
-    # (numba adds a negative-index fix-up to an index it cannot prove >= 0, which stops
-    # vectorization: inner loops index slices with the bare loop variable)
-    n, C, H, W = x.shape
+    # x (n, H, W, C). (numba adds a negative-index fix-up to an index it cannot prove
+    # >= 0, which stops vectorization: inner loops index slices with the loop variable.)
+    n, H, W, C = x.shape
     _, Ho, Wo = out.shape
-    HW = H * W
-    S = np.empty(HW, np.float32)
     Hp = max(H + 2 * ph, (Ho - 1) * sh + kh)
     padded = np.zeros((Hp, max(W + 2 * pw, (Wo - 1) * sw + kw)), np.float32)
     across = np.empty((Hp, Wo), np.float32)
     for s in range(n):
-        x0 = x[s, 0].reshape(HW)
-        a0 = a[0]
-        for p in range(HW):  # the weighted channel sum of |x| at every input pixel
-            S[p] = a0 * abs(x0[p])
-        for c in range(1, C):
-            xc = x[s, c].reshape(HW)
-            ac = a[c]
-            for p in range(HW):
-                S[p] += ac * abs(xc[p])
-        for y in range(H):  # the zero padding adds nothing
-            padded[ph + y, pw:pw + W] = S[y * W:(y + 1) * W]
-        for y in range(Hp):  # summed over each window: along the rows, then the columns
+        for y in range(H):  # the weighted channel sum of |x| at every input pixel
+            row = padded[ph + y]
+            for z in range(W):
+                xp = x[s, y, z]
+                acc = np.float32(0.0)
+                for ch in range(C):
+                    acc += a[ch] * abs(xp[ch])
+                row[pw + z] = acc
+        for y in range(Hp):  # summed over each window (the padding adds nothing): rows,
             row = across[y]
             row[:] = padded[y, 0:(Wo - 1) * sw + 1:sw]
             for dx in range(1, kw):
                 seg = padded[y, dx:dx + (Wo - 1) * sw + 1:sw]
                 for j in range(Wo):
                     row[j] += seg[j]
-        for i in range(Ho):
+        for i in range(Ho):  # then columns
             row = out[s, i]
             row[:] = across[i * sh]
             for dy in range(1, kh):
@@ -246,7 +257,8 @@ def _window_sums_loop(x, a, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - 
                     row[j] += seg[j]
 
 
-_window_sums_jit = _jit(_window_sums_loop)
+# a sum of non-negative terms: any order keeps it >= (1 - gamma_m) times the exact one
+_window_sums_jit = _jit(_window_sums_loop, fastmath={"reassoc", "contract"})
 
 
 def window_sums(x: np.ndarray, a: np.ndarray, kernel, stride, padding, out_hw) -> np.ndarray:
@@ -258,7 +270,7 @@ def window_sums(x: np.ndarray, a: np.ndarray, kernel, stride, padding, out_hw) -
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     if compiled():
         out = np.empty((len(x), *out_hw), np.float32)
-        _window_sums_jit(x, a, kh, kw, sh, sw, ph, pw, out)
+        _window_sums_jit(np.ascontiguousarray(np.moveaxis(x, 1, -1)), a, kh, kw, sh, sw, ph, pw, out)
         return out
     import torch
 
