@@ -1,19 +1,21 @@
 """Fused per-neuron loops of the float32 fast mode (:mod:`fs_hw.reference.fast32`).
 
-Two loops dominate the float32 path once its convolutions are float32: the check that
-decides each ReLU-coded neuron (clip, interval test, level, spike count) and the float64
-recomputation of the rare undecided neurons (a gathered receptive field and two dot
-products). In numpy each is several passes over memory; compiled with numba each is one.
-Both are written once, as plain loops, and run
+Once its convolutions are float32, three loops make most of the rest of the float32
+path's time: the check that decides each ReLU-coded neuron (clip, interval test, level,
+spike count), the per-sample rounding bound of a convolution (a weighted channel sum and
+window sums), and the float64 recomputation of the rare undecided neurons (a receptive
+field, two dot products). In numpy each is several passes over memory; compiled by numba
+each is one pass. Each is written once as a plain loop and runs
 
-* compiled by numba (``nogil``, so the chunks' threads run them in parallel) when numba
-  is installed (the ``speed`` extra; ``scripts/setup.sh`` installs it), else
-* as the same code in numpy's array passes (``_numpy_*`` below), slower and identical.
+* compiled by numba (``nogil``, so the batch's parts run them in parallel threads) when
+  numba is installed (the ``speed`` extra; ``scripts/setup.sh`` installs it), else
+* as numpy array passes (``_numpy_*``, ``FORCE_NUMPY = True`` in tests), slower.
 
-``FORCE_NUMPY = True`` (tests) selects the numpy versions. The two agree exactly: the
-decision is made from the same float64 values with the same comparisons, and the
-recomputed dot products may sum in another order, which the bound ``D`` of the caller
-covers (fast32 module doc, step 4), so the levels they decide are the same.
+Both give the same spikes: the decision is the same float32 operations in the same
+order (no fast-math there), so the same neurons are decided with the same levels; window
+sums and dot products may sum in another order, which the bounds that use them cover
+(any order of a sum is inside Higham's bound). Images are read channels last (NHWC), as
+the float32 path holds them.
 """
 
 from __future__ import annotations
@@ -25,26 +27,37 @@ from fs_hw.codes.relu import _POPCOUNT16
 #: tests set this to run the numpy versions even where numba is installed
 FORCE_NUMPY = False
 
-try:  # numba is optional (the ``speed`` extra)
-    import numba as _numba
-except ImportError:  # pragma: no cover - exercised where numba is absent
-    _numba = None
+
+class _Lazy:
+    """numba's compiled version of a loop, built on first use (``import numba`` takes a
+    fifth of a second, which a run that never reaches the float32 path should not pay)."""
+
+    def __init__(self, func, **options):
+        self.func, self.options, self.compiled = func, options, None
+
+    def __call__(self, *args):
+        if self.compiled is None:
+            import numba
+
+            try:  # cached on disk where the package or the user's cache directory is writable
+                self.compiled = numba.njit(nogil=True, cache=True, **self.options)(self.func)
+            except RuntimeError:  # no writable cache location: compiled once per process
+                self.compiled = numba.njit(nogil=True, **self.options)(self.func)
+        return self.compiled(*args)
 
 
-def _jit(func, **options):
-    """numba's compiled ``func`` (cached on disk where the package directory or the user's
-    cache directory is writable), or None without numba."""
-    if _numba is None:  # pragma: no cover
-        return None
-    try:
-        return _numba.njit(nogil=True, cache=True, **options)(func)
-    except RuntimeError:  # no writable cache location: compile per process
-        return _numba.njit(nogil=True, **options)(func)
+def _has_numba() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("numba") is not None
+
+
+_NUMBA = _has_numba()
 
 
 def compiled() -> bool:
     """Whether the numba versions run."""
-    return _numba is not None and not FORCE_NUMPY
+    return _NUMBA and not FORCE_NUMPY
 
 
 def channels_last(a: np.ndarray) -> np.ndarray:
@@ -100,7 +113,7 @@ def _decide_relu_loop(t, ratio, E0, r, B, levels, q, counts, flagged):  # pragma
     return nf
 
 
-_decide_relu_jit = _jit(_decide_relu_loop)
+_decide_relu_jit = _Lazy(_decide_relu_loop)
 
 
 def decide_relu(t: np.ndarray, ratio: float, E0: np.ndarray, r: np.ndarray, B: np.ndarray, levels: int,
@@ -183,7 +196,7 @@ def _conv_dots_loop(x, w, bias, sh, sw, ph, pw, b, c, i, j, v, mag):  # pragma: 
 # Any order of the sums, with or without fused multiply-adds, is inside the caller's
 # bound D (Higham's bound holds for every order), so LLVM may reassociate and contract
 # them: independent partial sums instead of one chain of dependent additions.
-_conv_dots_jit = _jit(_conv_dots_loop, fastmath={"reassoc", "contract"})
+_conv_dots_jit = _Lazy(_conv_dots_loop, fastmath={"reassoc", "contract"})
 
 
 def conv_dots(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride, padding, b, c, i, j):
@@ -258,7 +271,7 @@ def _window_sums_loop(x, a, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - 
 
 
 # a sum of non-negative terms: any order keeps it >= (1 - gamma_m) times the exact one
-_window_sums_jit = _jit(_window_sums_loop, fastmath={"reassoc", "contract"})
+_window_sums_jit = _Lazy(_window_sums_loop, fastmath={"reassoc", "contract"})
 
 
 def window_sums(x: np.ndarray, a: np.ndarray, kernel, stride, padding, out_hw) -> np.ndarray:
