@@ -473,8 +473,6 @@ class _Chunk:
         # chunks run in threads (torch set to one thread each, see run_fast32); the float64
         # kernels run with the caller's thread count, as in the float64 mode, in case a
         # library's sums depend on it; the lock builds each array once
-        if not self.whole_batch:
-            raise _NeedsWholeBatch(name)
         with self.lock, self.caller_threads():
             return self._full64(name)
 
@@ -523,6 +521,8 @@ class _Chunk:
             out = self.y64[name]
         elif isinstance(node, Input):
             out = self.x
+        elif not self.whole_batch:  # the float64 kernels' sums may depend on the batch size
+            raise _NeedsWholeBatch(name)
         else:
             out = apply_linear(node, [self.full64(s) for s in node.inputs], True, self.plan.library)
         self.full[name] = out
