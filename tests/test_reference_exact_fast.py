@@ -413,18 +413,21 @@ def test_compiled_and_numpy_kernels_agree():
         try:
             q = np.full_like(t, -1.0)
             counts = np.zeros(n, np.int64)
-            flagged = kernels.decide_relu(t, 1.0, E0, r, B, levels, q, counts)
+            flagged = kernels.decide_relu([(t, np.float32(1))], 1.0, E0, r, B, levels, q, counts)
+            q_add = np.full_like(t, -1.0)  # an add of two operands, summed in the kernel
+            counts_add = np.zeros(n, np.int64)
+            flagged_add = kernels.decide_relu([(t, np.float32(0.5)), (t[::-1], np.float32(2))], 0.75, E0, r, B,
+                                              levels, q_add, counts_add)
             dots = kernels.conv_dots(x, w, bias, (2, 2), (1, 1), *sel)
             sums = kernels.window_sums(x, np.abs(w).max(axis=(0, 2, 3)).astype(np.float32), (3, 3), (2, 2), (1, 1),
                                        (3, 2))
         finally:
             kernels.FORCE_NUMPY = False
-        out[force] = (q, counts, flagged, dots, sums)
-    (q1, c1, f1, d1, s1), (q2, c2, f2, d2, s2) = out[False], out[True]
-    assert 0 < len(f1) < t.size  # some neurons decided, some not
-    np.testing.assert_array_equal(f1, f2)
-    np.testing.assert_array_equal(q1, q2)
-    np.testing.assert_array_equal(c1, c2)
+        out[force] = (q, counts, flagged, dots, sums, q_add, counts_add, flagged_add)
+    (q1, c1, f1, d1, s1, *add1), (q2, c2, f2, d2, s2, *add2) = out[False], out[True]
+    assert 0 < len(f1) < t.size and 0 < len(add1[2]) < t.size  # some neurons decided, some not
+    for a, b in [(f1, f2), (q1, q2), (c1, c2), *zip(add1, add2)]:
+        np.testing.assert_array_equal(a, b)
     # float64 dot products of 45 terms in two orders: within 2 gamma_47 of their magnitudes
     np.testing.assert_array_less(np.abs(d1[0] - d2[0]), 2 * fast32.gamma(47, fast32.U64) * d1[1] + 1e-300)
     np.testing.assert_allclose(d1[1], d2[1], rtol=1e-13)  # magnitudes: the same, summed apart

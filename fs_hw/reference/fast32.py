@@ -646,9 +646,11 @@ def _cone(plan: Plan, name: str) -> list[str]:
     return [n.name for n in net.order if n.name in seen]
 
 
-def _forward32(ch: _Chunk, cone: list[str], rows: slice) -> tuple[dict, dict]:
+def _forward32(ch: _Chunk, cone: list[str], rows: slice, defer_add: str | None = None) -> tuple[dict, dict]:
     """float32 values of the cone's nodes for samples ``rows``, and the per-sample bound
-    maps of its data-bounded convolutions (``_data_bounds``)."""
+    maps of its data-bounded convolutions (``_data_bounds``). ``defer_add``: an add of
+    two operands not summed here (``vals[name]`` is ``None``), its operands and their
+    float32 ratios in ``extra[("add", name)]``, for the kernel that adds them itself."""
     torch = _torch()
     plan = ch.plan
     net = plan.net
@@ -687,12 +689,16 @@ def _forward32(ch: _Chunk, cone: list[str], rows: slice) -> tuple[dict, dict]:
             with torch.no_grad():
                 out = torch.from_numpy(np.ascontiguousarray(ins[0])).matmul(plan.w32[name]).numpy()
             out += plan.b32[name]
+        elif isinstance(node, Add) and name == defer_add and len(ins) == 2:
+            sig = plan.sigma[name]
+            extra[("add", name)] = [(v, np.float32(plan.sigma[s] / sig)) for s, v in zip(node.inputs, ins)]
+            out = None
         elif isinstance(node, Add):
             sig = plan.sigma[name]
             out = None
             for s, v in zip(node.inputs, ins):
                 r = np.float32(plan.sigma[s] / sig)
-                term = v if r == 1 else v * r
+                term = v if r == 1 else v * r  # (kernels.decide_relu adds a deferred add the same way)
                 if out is None:
                     out = term.copy(order="K") if term is v else term  # K: stays channels last
                 else:
@@ -767,16 +773,17 @@ def _spike_checked(ch: _Chunk, node, c: _Code, counts, trains) -> None:
 
     def work(start: int) -> None:
         rows = slice(start, min(start + CHUNK, ch.n))
-        vals, extra = _forward32(ch, cone, rows)
-        t = vals[src]
-        m = len(t)
+        vals, extra = _forward32(ch, cone, rows, defer_add=src if relu and kernels.compiled() else None)
+        operands = extra.get(("add", src)) or [(vals[src], np.float32(1))]
+        m = rows.stop - rows.start
         # the per-sample bound maps, one per data-bounded convolution: (k, m, pixels)
         B = np.empty((len(convs), m, size // shape[0]), np.float32)
         for j, conv in enumerate(convs):
             B[j] = extra[conv].reshape(m, -1)
         if relu:
-            _decide_relu(ch, src, c, t, E0, r, B, start * size, out[rows], count[rows])
+            _decide_relu(ch, src, c, operands, E0, r, B, start * size, out[rows], count[rows])
         else:
+            t = vals[src]
             out[rows] = _decide_generic(ch, src, c, t, plan.bound_map(node.name, extra), start * size)
 
     starts = range(0, ch.n, CHUNK)
@@ -791,14 +798,15 @@ def _spike_checked(ch: _Chunk, node, c: _Code, counts, trains) -> None:
         _spike_exact(ch, node, c, out, counts, trains)
 
 
-def _decide_relu(ch: _Chunk, src: str, c: _Code, t: np.ndarray, E0, r, B, offset: int, q: np.ndarray,
+def _decide_relu(ch: _Chunk, src: str, c: _Code, operands, E0, r, B, offset: int, q: np.ndarray,
                  count: np.ndarray) -> None:
-    """Write into ``q`` the float64 mode's levels for the float32 values ``t`` of ``src``
-    (rows of the batch from flat index ``offset``), and into ``count`` their spikes per
-    sample. The bound is ``E0 + sum_j r[j] B[j]`` (a-priori map, per-sample maps)."""
+    """Write into ``q`` the float64 mode's levels for the float32 values of ``src`` (rows
+    of the batch from flat index ``offset``; ``operands``: ``[(value, 1)]``, or an add's
+    two operands and their ratios), and into ``count`` their spikes per sample. The bound
+    is ``E0 + sum_j r[j] B[j]`` (a-priori map, per-sample maps)."""
     plan = ch.plan
-    m = len(t)
-    flagged = kernels.decide_relu(t, plan.sigma[src] / c.grid, E0, r, B, c.levels, q, count)
+    m = len(q)
+    flagged = kernels.decide_relu(operands, plan.sigma[src] / c.grid, E0, r, B, c.levels, q, count)
     _tally(plan, q.size, flagged.size)
     if flagged.size:
         v, D = _recompute(ch, src, flagged + offset)

@@ -68,7 +68,7 @@ def channels_last(a: np.ndarray) -> np.ndarray:
 
 
 # -- the ReLU decision ------------------------------------------------------------------
-def _decide_relu_loop(t, ratio, E0, r, B, levels, q, counts, flagged):  # pragma: no cover - compiled
+def _decide_relu_loop(t, u, ra, rb, ratio, E0, r, B, levels, q, counts, flagged):  # pragma: no cover - compiled
     # Per (sample, pixel): three loops over the channels, each a float32 loop LLVM
     # vectorizes: the levels and how many are undecided; (rarely) which; the spikes.
     n, P, C = t.shape
@@ -88,17 +88,20 @@ def _decide_relu_loop(t, ratio, E0, r, B, levels, q, counts, flagged):  # pragma
             qo = q[s, p]
             b0 = B[0, s, p] if k > 0 else zero
             b1 = B[1, s, p] if k > 1 else zero
+            uo = u[s, p]
             undecided = 0
             for o in range(C):
                 e = e0[o] + r0[o] * b0 + r1[o] * b1
-                x = min(max(to[o] * ratio, half), top)
+                # an add: fl(fl(t ra) + fl(u rb)), as fast32._forward32 adds; else t: ra = 1,
+                # rb = 0, u = t give t exactly (finite values; -0 becomes +0, clipped anyway)
+                x = min(max((to[o] * ra + uo[o] * rb) * ratio, half), top)
                 level = np.floor(x + e)
                 qo[o] = min(level, levels)
                 undecided += level >= x - e  # an integer (grid point) lies in [x - e, x + e]
             if undecided:
                 for o in range(C):
                     e = e0[o] + r0[o] * b0 + r1[o] * b1
-                    x = min(max(to[o] * ratio, half), top)
+                    x = min(max((to[o] * ra + uo[o] * rb) * ratio, half), top)
                     if np.floor(x + e) >= x - e:
                         flagged[nf] = (s * C + o) * P + p  # flat index over (n, C, pixels)
                         nf += 1
@@ -116,10 +119,12 @@ def _decide_relu_loop(t, ratio, E0, r, B, levels, q, counts, flagged):  # pragma
 _decide_relu_jit = _Lazy(_decide_relu_loop)
 
 
-def decide_relu(t: np.ndarray, ratio: float, E0: np.ndarray, r: np.ndarray, B: np.ndarray, levels: int,
+def decide_relu(operands: list, ratio: float, E0: np.ndarray, r: np.ndarray, B: np.ndarray, levels: int,
                 q: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Decide the ReLU levels of float32 values ``t`` (``(n, C, *pixels)``) in the code's
-    grid units times ``ratio``, with the bound ``E0[c, px] + sum_j r[j, c] B[j, s, px]``
+    grid units times ``ratio``; ``operands`` is ``[(t, 1)]`` or ``[(a, ra), (b, rb)]`` for
+    ``t = fl(fl(a ra) + fl(b rb))`` (an add, summed as ``fast32._forward32`` sums it,
+    without a pass of its own). The bound is ``E0[c, px] + sum_j r[j, c] B[j, s, px]``
     (``E0`` ``(C, *pixels)`` a-priori; ``B`` ``(k, n, P)`` per-sample maps, ``r``
     ``(k, C)``, float32, ``P`` the number of pixels).
 
@@ -130,14 +135,18 @@ def decide_relu(t: np.ndarray, ratio: float, E0: np.ndarray, r: np.ndarray, B: n
     are returned. float32 arithmetic, as the caller's margin assumes (fast32)."""
     if levels >= 2**24:  # pragma: no cover - float32 levels are exact below 2^24 (fast32)
         raise ValueError(f"levels {levels} above 2^24")
+    (a, ra), (b, rb) = operands if len(operands) == 2 else (operands[0], (operands[0][0], np.float32(0)))
     if compiled() and r.shape[0] <= 2:  # (an add of more data-bounded convolutions: numpy)
-        t3, q3 = channels_last(t), channels_last(q)
+        q3 = channels_last(q)
         flagged = np.empty(q.size, np.int64)
-        nf = _decide_relu_jit(t3, np.float32(ratio), channels_last(E0[None])[0], r, B, np.float32(levels), q3,
-                              counts, flagged)
+        nf = _decide_relu_jit(channels_last(a), channels_last(b), np.float32(ra), np.float32(rb), np.float32(ratio),
+                              channels_last(E0[None])[0], r, B, np.float32(levels), q3, counts, flagged)
         if not np.shares_memory(q3, q):  # q was not held channels last
             q[...] = np.moveaxis(q3.reshape(len(q), *q.shape[2:], q.shape[1]), -1, 1) if q.ndim > 2 else q3[:, 0]
         return np.sort(flagged[:nf])
+    t = a if ra == 1 else a * ra
+    if len(operands) == 2:
+        t = t + (b if rb == 1 else b * rb)
     m = len(t)
     return _numpy_decide_relu(t.reshape(m, t.shape[1], -1), ratio, E0.reshape(E0.shape[0], -1), r, B, levels,
                               q, counts)
