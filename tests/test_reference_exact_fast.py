@@ -347,7 +347,7 @@ def two_threads():
 @pytest.mark.parametrize("name", ["conv", "residual", "mlp_relu_gt"])
 def test_parts_of_a_batch_in_parallel(name, two_threads):
     """More samples than one chunk, two threads: each part runs every layer on its own."""
-    net, x = conformance.scenario(name, samples=3 * fast32.CHUNK + 5)
+    net, x = conformance.scenario(name, samples=2 * fast32.CHUNK + 37)  # two parts of two chunks
     r = assert_identical(net, x)
     assert r.info["float32_parallel_parts"] == 2
 
@@ -365,7 +365,7 @@ def test_a_part_needing_the_whole_batch_falls_back_to_layer_by_layer(two_threads
         Readout("out", "d1"),
     )
     net = Network(nodes, {"in": relu_code(1.0, code.K, name="in"), code.name: code}, {"name": "thresholds"})
-    r = assert_identical(net, np.random.default_rng(0).uniform(0, 1, (2 * fast32.CHUNK + 3, 4)))
+    r = assert_identical(net, np.random.default_rng(0).uniform(0, 1, (4 * fast32.PART_MIN + 3, 4)))
     assert r.info["float32_full64"] > 0 and r.info["float32_parallel_parts"] == 1
 
 

@@ -86,6 +86,8 @@ SLACK = 1.0 + 2.0**-20
 #: samples per internal chunk (the unit of the parallel parts, see _run): a batch of 256
 #: on two threads is one chunk per thread (128 ran 3-7 % faster than 64 there)
 CHUNK = 128
+#: the fewest samples a parallel part gets
+PART_MIN = 16
 
 
 def rank_one_majorant(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -535,14 +537,15 @@ def run_fast32(plan: Plan, x: np.ndarray, record: bool) -> RunResult:
     whole batch, as the float64 fast mode does, so that they are the same to the last bit
     (float64 BLAS may sum in another order for another batch size).
 
-    Chunks of ``CHUNK`` samples run in a pool of as many threads as torch has, each with
-    single-threaded torch kernels: numpy's elementwise passes are single-threaded, and
-    torch's idle workers spinning beside them cost more than they gain."""
+    Parts of the batch run in a pool of as many threads as torch has (``_run``), each
+    with single-threaded torch kernels: the kernels between the convolutions are
+    single-threaded, and torch's idle workers spinning beside them cost more than they
+    gain."""
     torch = _torch()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(threads) if threads > 1 and len(x) > CHUNK else _NoPool() as pool:
+        with ThreadPoolExecutor(threads) if threads > 1 and len(x) >= 2 * PART_MIN else _NoPool() as pool:
             return _run(plan, x, record, pool, threads)
     finally:
         torch.set_num_threads(threads)
@@ -571,10 +574,9 @@ def _run(plan: Plan, x: np.ndarray, record: bool, pool, threads: int) -> RunResu
     net = plan.net
     before = dict(plan.stats)
     ch = None
-    if pool is not None and len(x) > CHUNK:
-        bounds = np.linspace(0, len(x), threads + 1).astype(int) // CHUNK * CHUNK
-        bounds[-1] = len(x)
-        parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    if pool is not None:
+        bounds = np.linspace(0, len(x), min(threads, len(x) // PART_MIN) + 1).astype(int)
+        parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
         try:
             done = list(pool.map(lambda part: _levels(_Chunk(plan, x[part], whole_batch=False), record), parts))
             ch = _Chunk(plan, x)
