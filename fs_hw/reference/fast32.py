@@ -32,6 +32,10 @@ the linear maps in float32 (torch's oneDNN convolutions, float32 BLAS) plus a ch
 5. Linear nodes that feed only the read-out are computed by the float64 mode's kernels
    from the (identical) spikes, so read-out values and predictions are bit-identical.
 
+The per-neuron loops (decision, per-sample bound, recomputation) are
+:mod:`fs_hw.reference.kernels`; images are held channels last; parts of a batch run
+every layer in parallel threads (:func:`_run`).
+
 **The bounds.** :math:`u` is the unit roundoff (:math:`2^{-24}` for float32,
 :math:`2^{-53}` for float64), :math:`\gamma_n = nu/(1-nu)`. A sum of :math:`m` terms each
 computed with at most :math:`j` roundings, in any order, with or without FMA, has error
