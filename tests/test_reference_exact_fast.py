@@ -413,12 +413,13 @@ def test_compiled_and_numpy_kernels_agree():
         try:
             q = np.full_like(t, -1.0)
             counts = np.zeros(n, np.int64)
-            flagged = kernels.decide_relu([(t, np.float32(1))], 1.0, E0, r, B, levels, q, counts)
+            E0_last = kernels.channels_last(E0[None])[0]
+            flagged = kernels.decide_relu([(t, np.float32(1))], 1.0, E0_last, r, B, levels, q, counts)
             q_add = np.full_like(t, -1.0)  # an add of two operands, summed in the kernel
             counts_add = np.zeros(n, np.int64)
-            flagged_add = kernels.decide_relu([(t, np.float32(0.5)), (t[::-1], np.float32(2))], 0.75, E0, r, B,
+            flagged_add = kernels.decide_relu([(t, np.float32(0.5)), (t[::-1], np.float32(2))], 0.75, E0_last, r, B,
                                               levels, q_add, counts_add)
-            dots = kernels.conv_dots(x, w, bias, (2, 2), (1, 1), *sel)
+            dots = kernels.conv_dots(x, np.moveaxis(w, 1, -1), bias, (2, 2), (1, 1), *sel)
             sums = kernels.window_sums(x, np.abs(w).max(axis=(0, 2, 3)).astype(np.float32), (3, 3), (2, 2), (1, 1),
                                        (3, 2))
         finally:

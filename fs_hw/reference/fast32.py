@@ -353,6 +353,9 @@ class Plan:
         e32: dict[str, np.ndarray] = {}
         e64: dict[str, np.ndarray] = {}
         self.check: dict[str, np.ndarray] = {}  # per FS node: E in its input's units (float32)
+        self.check_last: dict[str, np.ndarray] = {}  # ReLU codes: the same, channels last (pixels, C)
+        #: convolutions recomputed in float64: weights (times the input grid) channels last
+        self.w64_last: dict[tuple, np.ndarray] = {}
         for node in network.order:
             shape = network.shapes[node.name]
             name = node.name
@@ -438,6 +441,8 @@ class Plan:
         else:
             E = total * SLACK + 4 * U64 * M[src]
         self.check[node.name] = (E * SLACK).astype(np.float32 if c.grid is not None else np.float64)
+        if c.grid is not None:  # as kernels.decide_relu reads it
+            self.check_last[node.name] = kernels.channels_last(self.check[node.name][None])[0]
 
 
 class _Chunk:
@@ -775,7 +780,7 @@ def _spike_checked(ch: _Chunk, node, c: _Code, counts, trains) -> None:
 
     convs = plan.data_fs.get(node.name, ())
     r = plan.data_r.get(node.name, np.zeros((0, shape[0]), np.float32))
-    E0 = plan.check[node.name]
+    E0 = plan.check_last[node.name] if relu else plan.check[node.name]
 
     def work(start: int) -> None:
         rows = slice(start, min(start + CHUNK, ch.n))
@@ -934,8 +939,10 @@ def _recompute_conv(ch: _Chunk, node: Conv2d, flat: np.ndarray):
     b, c, i, j = np.unravel_index(flat, (ch.n, co, Ho, Wo))
     relu = src in ch.q
     x = ch.q[src] if relu else ch.full64(src)
-    # w s rounds once more than w (q s): gamma_{n+2} below covers it
-    w = node.weight * (ch.plan.codes[src].grid if relu else 1.0)
+    w = ch.plan.w64_last.get((node.name, relu))
+    if w is None:  # w s rounds once more than w (q s): gamma_{n+2} below covers it
+        w = np.ascontiguousarray(np.moveaxis(node.weight * (ch.plan.codes[src].grid if relu else 1.0), 1, -1))
+        ch.plan.w64_last[(node.name, relu)] = w
     v, mag = kernels.conv_dots(x, w, node.bias_for_output(), node.stride, node.padding, b, c, i, j)
     n = int(np.prod(node.weight.shape[1:]))
     return v, 2 * gamma(n + 2, U64) * mag * SLACK

@@ -124,9 +124,9 @@ def decide_relu(operands: list, ratio: float, E0: np.ndarray, r: np.ndarray, B: 
     """Decide the ReLU levels of float32 values ``t`` (``(n, C, *pixels)``) in the code's
     grid units times ``ratio``; ``operands`` is ``[(t, 1)]`` or ``[(a, ra), (b, rb)]`` for
     ``t = fl(fl(a ra) + fl(b rb))`` (an add, summed as ``fast32._forward32`` sums it,
-    without a pass of its own). The bound is ``E0[c, px] + sum_j r[j, c] B[j, s, px]``
-    (``E0`` ``(C, *pixels)`` a-priori; ``B`` ``(k, n, P)`` per-sample maps, ``r``
-    ``(k, C)``, float32, ``P`` the number of pixels).
+    without a pass of its own). The bound is ``E0[p, c] + sum_j r[j, c] B[j, s, p]``
+    (``E0`` ``(P, C)`` a-priori, channels last: ``channels_last(E[None])[0]``; ``B``
+    ``(k, n, P)`` per-sample maps, ``r`` ``(k, C)``, float32, ``P`` the number of pixels).
 
     A neuron is decided when no grid point ``1..levels`` lies within the bound of
     ``x = clip(t ratio, 0.5, levels + 0.5)``; its level ``floor(x + e)`` goes to ``q``
@@ -140,7 +140,7 @@ def decide_relu(operands: list, ratio: float, E0: np.ndarray, r: np.ndarray, B: 
         q3 = channels_last(q)
         flagged = np.empty(q.size, np.int64)
         nf = _decide_relu_jit(channels_last(a), channels_last(b), np.float32(ra), np.float32(rb), np.float32(ratio),
-                              channels_last(E0[None])[0], r, B, np.float32(levels), q3, counts, flagged)
+                              E0, r, B, np.float32(levels), q3, counts, flagged)
         if not np.shares_memory(q3, q):  # q was not held channels last
             q[...] = np.moveaxis(q3.reshape(len(q), *q.shape[2:], q.shape[1]), -1, 1) if q.ndim > 2 else q3[:, 0]
         return np.sort(flagged[:nf])
@@ -148,8 +148,7 @@ def decide_relu(operands: list, ratio: float, E0: np.ndarray, r: np.ndarray, B: 
     if len(operands) == 2:
         t = t + (b if rb == 1 else b * rb)
     m = len(t)
-    return _numpy_decide_relu(t.reshape(m, t.shape[1], -1), ratio, E0.reshape(E0.shape[0], -1), r, B, levels,
-                              q, counts)
+    return _numpy_decide_relu(t.reshape(m, t.shape[1], -1), ratio, E0.T, r, B, levels, q, counts)
 
 
 def _numpy_decide_relu(t, ratio, E0, r, B, levels, q, counts):
@@ -208,16 +207,17 @@ def _conv_dots_loop(x, w, bias, sh, sw, ph, pw, b, c, i, j, v, mag):  # pragma: 
 _conv_dots_jit = _Lazy(_conv_dots_loop, fastmath={"reassoc", "contract"})
 
 
-def conv_dots(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride, padding, b, c, i, j):
+def conv_dots(x: np.ndarray, w_last: np.ndarray, bias: np.ndarray, stride, padding, b, c, i, j):
     """float64 values ``v`` and magnitudes ``sum |w||x| + |b|`` of a convolution's neurons
     ``(b, c, i, j)`` (sample, output channel, row, column), from input ``x`` ``(n, C, H,
     W)`` (float32 or float64, widened exactly; best held channels last), float64 weights
-    ``w`` and ``bias`` ``(co, Hb, Wb)`` (``Hb``, ``Wb`` 1 for a per-channel bias). Taps in
-    the zero padding add nothing."""
+    channels last ``w_last`` ``(co, kh, kw, C)`` and ``bias`` ``(co, Hb, Wb)`` (``Hb``,
+    ``Wb`` 1 for a per-channel bias). Taps in the zero padding add nothing."""
     P = len(b)
     v, mag = np.empty(P), np.empty(P)
+    w = np.moveaxis(w_last, -1, 1)
     if compiled():
-        _conv_dots_jit(np.ascontiguousarray(np.moveaxis(x, 1, -1)), np.ascontiguousarray(np.moveaxis(w, 1, -1)),
+        _conv_dots_jit(np.ascontiguousarray(np.moveaxis(x, 1, -1)), np.ascontiguousarray(w_last),
                        bias, int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]), b, c, i, j, v, mag)
     else:
         _numpy_conv_dots(x, w, bias, stride, padding, b, c, i, j, v, mag)
