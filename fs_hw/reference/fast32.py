@@ -687,8 +687,10 @@ def _forward32(ch: _Chunk, cone: list[str], rows: slice, defer_add: str | None =
             bmap = node.has_bias_map
             xin = torch.from_numpy(ins[0]).contiguous(memory_format=torch.channels_last)  # (a view if it is)
             with torch.no_grad():
+                # (an input of one channel is NCHW too, and torch then answers in NCHW)
                 out = torch.nn.functional.conv2d(xin, plan.w32[name], None if bmap else plan.b32[name],
-                                                 stride=node.stride, padding=node.padding).numpy()
+                                                 stride=node.stride, padding=node.padding).contiguous(
+                    memory_format=torch.channels_last).numpy()
             if name in plan.bound_a:
                 extra[name] = kernels.window_sums(ins[0], plan.bound_a[name], node.weight.shape[2:], node.stride,
                                                   node.padding, out.shape[2:])

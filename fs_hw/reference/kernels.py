@@ -138,8 +138,9 @@ def decide_relu(operands: list, ratio: float, E0: np.ndarray, r: np.ndarray, B: 
     (a, ra), (b, rb) = operands if len(operands) == 2 else (operands[0], (operands[0][0], np.float32(0)))
     if compiled() and r.shape[0] <= 2:  # (an add of more data-bounded convolutions: numpy)
         q3 = channels_last(q)
+        a3 = channels_last(a)
         flagged = np.empty(q.size, np.int64)
-        nf = _decide_relu_jit(channels_last(a), channels_last(b), np.float32(ra), np.float32(rb), np.float32(ratio),
+        nf = _decide_relu_jit(a3, a3 if b is a else channels_last(b), np.float32(ra), np.float32(rb), np.float32(ratio),
                               E0, r, B, np.float32(levels), q3, counts, flagged)
         if not np.shares_memory(q3, q):  # q was not held channels last
             q[...] = np.moveaxis(q3.reshape(len(q), *q.shape[2:], q.shape[1]), -1, 1) if q.ndim > 2 else q3[:, 0]
