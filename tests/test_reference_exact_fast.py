@@ -380,7 +380,7 @@ def numpy_kernels():
 
 @pytest.mark.parametrize("name", ["conv", "conv_bias_map", "residual", "mlp_relu_gt"])
 def test_numpy_kernels_give_the_same_spikes(name, numpy_kernels):
-    """Without numba (the ``speed`` extra) the same loops run as numpy passes."""
+    """Without numba (in the ``torch`` extra) the same loops run as numpy passes."""
     from fs_hw.reference import kernels
 
     assert not kernels.compiled()
@@ -433,3 +433,28 @@ def test_compiled_and_numpy_kernels_agree():
     np.testing.assert_array_less(np.abs(d1[0] - d2[0]), 2 * fast32.gamma(47, fast32.U64) * d1[1] + 1e-300)
     np.testing.assert_allclose(d1[1], d2[1], rtol=1e-13)  # magnitudes: the same, summed apart
     np.testing.assert_allclose(s1, s2, rtol=1e-5)  # float32 sums of 45 positive terms, two orders
+
+
+def test_kernels_compile_without_a_writable_cache(monkeypatch):
+    """Where numba cannot cache on disk (read-only install, no home), the loops are
+    compiled per process instead of failing."""
+    numba = pytest.importorskip("numba")
+    from fs_hw.reference import kernels
+
+    real = numba.njit
+
+    def njit(*args, cache=False, **options):
+        if cache:
+            raise RuntimeError("cannot cache function: no locator available")
+        return real(*args, **options)
+
+    monkeypatch.setattr(numba, "njit", njit)
+
+    def double_all(a):  # pragma: no cover - compiled
+        for i in range(a.shape[0]):
+            a[i] *= 2.0
+
+    loop = kernels._Lazy(double_all)
+    a = np.arange(4.0)
+    loop(a)
+    np.testing.assert_array_equal(a, [0.0, 2.0, 4.0, 6.0])

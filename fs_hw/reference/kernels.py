@@ -8,7 +8,7 @@ field, two dot products). In numpy each is several passes over memory; compiled 
 each is one pass. Each is written once as a plain loop and runs
 
 * compiled by numba (``nogil``, so the batch's parts run them in parallel threads) when
-  numba is installed (the ``speed`` extra; ``scripts/setup.sh`` installs it), else
+  numba is installed (part of the ``torch`` extra; ``scripts/setup.sh`` installs it), else
 * as numpy array passes (``_numpy_*``, ``FORCE_NUMPY = True`` in tests), slower.
 
 Both give the same spikes: the decision is the same float32 operations in the same
