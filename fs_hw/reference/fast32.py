@@ -306,9 +306,9 @@ class Plan:
         |y_c|` for a rank-one majorant :math:`r_o a_c \\ge \\max_\\tau |w_{oc\\tau}|`
         (:func:`rank_one_majorant`): a weighted sum over input channels at every input
         pixel, then over each window (``kernels.window_sums``), a few percent of the
-        convolution's work. Computed in float64 (or a float32 convolution without numba),
-        a sum of :math:`m` non-negative rounded terms, it is at least the exact value
-        times :math:`1 - \\gamma_m` (float32's :math:`u`), which :math:`r_o` covers.
+        convolution's work. Computed in float32 (numba's loop, or a float32 convolution
+        without numba), a sum of :math:`m` non-negative rounded terms, it is at least the
+        exact value times :math:`1 - \\gamma_m`, which :math:`r_o` covers.
         ``data_fs``: per FS node, the convolutions (direct, or through one add) whose
         maps enter its check, and ``data_r`` their :math:`r_o` stacked ``(k, O)``, in
         the FS node's grid units; ``bound_a``: each convolution's :math:`a_c`."""
