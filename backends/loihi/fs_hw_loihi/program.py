@@ -178,6 +178,8 @@ class Program:
     #: FS layers whose one-pixel cores send to too many readers (idem): the copies that would
     #: share the readers out, and the refusal if that is more than MAX_COPIES
     copy_requests: dict[str, tuple[int, str]] = field(default_factory=dict)
+    #: FS layers whose split this build took from an earlier build of lower_network
+    reused_splits: list[str] = field(default_factory=list)
 
     def origin(self, n: int) -> int:
         """Emulator step tau_n of sample ``n`` (its stage-0 step 0)."""
@@ -260,7 +262,7 @@ class Lowering:
     def __init__(self, network: Network, config: LoihiConfig, per_core: dict[str, int] | None = None,
                  observed: dict | None = None, replicated: set[str] | None = None,
                  pixel_caps: dict[str, int] | None = None, copies: dict[str, int] | None = None,
-                 atoms: set[str] | None = None):
+                 atoms: set[str] | None = None, decisions: dict | None = None):
         self.net = network
         self.cfg = config
         self.K = network.K
@@ -280,6 +282,9 @@ class Lowering:
         self.step_atoms: set[str] = set()  # conv layers whose rows hold the source steps as atoms
         self._plane_cache: dict[tuple, tuple] = {}
         self._arrays: dict[tuple, list[np.ndarray]] = {}  # interned axon maps, see _interned
+        #: FS layers' splits, kept across the builds of lower_network (see _decision_key)
+        self.decisions = decisions if decisions is not None else {}
+        self.reused: list[str] = []  # layers whose split this build took from ``decisions``
 
     # -- sources ----------------------------------------------------------------------
     def source_for(self, src: str, stage: int, reader: Part | None = None) -> Layer:
@@ -776,12 +781,39 @@ class Lowering:
                     return True
         return False
 
+    def _decision_key(self, layer: Layer, cap: int) -> tuple:
+        """Everything an FS layer's split depends on: its own limits and flags, and how its
+        sources are split (the cost of a candidate core is its incoming synapses, built
+        from the source parts; the output axons it costs them depend on its own parts).
+        A rebuild that changes none of these gets the same split without searching."""
+        sources = []
+        for src_name in sorted(self.rins[layer.name].maps):
+            src = self.layers[src_name]
+            sources.append((src_name, len(src.copies),
+                            tuple((p.pixels, p.channels, p.n, int(p.neurons[0]) if p.n else -1) for p in src.parts)))
+        return (layer.name, cap, self.pixel_caps.get(layer.name), layer.name in self.force_atoms,
+                layer.name in self.prefer_replicated, tuple(sources))
+
     def _partition(self, layer: Layer) -> list[Part]:
         cap = MAX_COMPARTMENTS // layer.K
         if layer.name in self.per_core_override:
             cap = min(cap, self.per_core_override[layer.name])
         if layer.kind == "readout":
             return self._partition_readout(layer, cap)
+        key = self._decision_key(layer, cap)
+        if key in self.decisions:  # the same inputs as in an earlier build: the same split
+            mode, specs, layer.split_reason = self.decisions[key]
+            self.replicate[layer.name] = mode == "replicated"
+            (self.step_atoms.add if mode == ATOMS else self.step_atoms.discard)(layer.name)
+            self.reused.append(layer.name)
+            return [Part.of(spec) for spec in specs]
+        parts, mode = self._search_split(layer, cap)
+        self.decisions[key] = (mode, parts, layer.split_reason)
+        return [Part.of(spec) for spec in parts]
+
+    def _search_split(self, layer: Layer, cap: int) -> tuple[list[PartSpec], str]:
+        """The split of an FS layer with the fewest cores over the synapse-row modes that
+        apply (below), and the mode; sets ``layer.split_reason``."""
         atoms_ok = layer.image and layer.K > 1 and self._atoms_apply(layer)
 
         def split(mode: str):
@@ -840,7 +872,7 @@ class Lowering:
         self.replicate[layer.name] = mode == "replicated"
         (self.step_atoms.add if mode == ATOMS else self.step_atoms.discard)(layer.name)
         layer.split_reason = chosen.why + (f"; synapse rows {mode}" if layer.K > 1 else "")
-        return [Part.of(spec) for spec in chosen.parts]
+        return chosen.parts, mode
 
     def _build_cores(self, layer: Layer) -> None:
         """The blocks of a receiver's parts, their data synapses (attached to the sources'
@@ -998,8 +1030,9 @@ class Lowering:
             for relay in relays.get(node.name, ()):  # after the layer's cores exist
                 self._make_relay(relay)
             copies = f" and {len(layer.copies) - 1} copies" if len(layer.copies) > 1 else ""
-            progress.info("lowering layer %d of %d, %r: %d core(s)%s (%.0f s)", number, len(receivers), node.name,
-                          len(layer.parts), copies, time.perf_counter() - started)
+            reused = ", split of the last build" if node.name in self.reused else ""
+            progress.info("lowering layer %d of %d, %r: %d core(s)%s (%.0f s%s)", number, len(receivers), node.name,
+                          len(layer.parts), copies, time.perf_counter() - started, reused)
         # clock synapses for every receiving part (relays included)
         for layer in self.layers.values():
             if layer.kind == "host":
@@ -1038,6 +1071,7 @@ class Lowering:
         program = Program(
             network=net, model=model, K=K, period=self.P, readout_stage=stages[net.readout.name],
             layers=self.layers, clock_start=start, resources={}, config=self.cfg, clock_cores=len(clocks),
+            reused_splits=list(self.reused),
         )
         return program
 
@@ -1097,8 +1131,10 @@ def lower_network(network: Network, config: LoihiConfig, observed: dict | None =
     pixel_caps: dict[str, int] = {}
     copies: dict[str, int] = {}
     atoms: set[str] = set()
+    decisions: dict = {}  # layers whose inputs did not change keep their split (Lowering._decision_key)
     for attempt in range(1, 13):
-        program = Lowering(network, config, overrides, observed, replicated, pixel_caps, copies, atoms).build()
+        program = Lowering(network, config, overrides, observed, replicated, pixel_caps, copies, atoms,
+                           decisions).build()
         shrink = check_program(program)
         if not shrink:
             return program

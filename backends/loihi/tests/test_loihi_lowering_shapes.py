@@ -226,3 +226,37 @@ def test_more_copies_than_allowed_are_refused(monkeypatch):
     with pytest.raises(ResourceError, match=r"^layer 'f0' \(core 0 of 9\): needs 9999 output axon slots$"):
         LoihiBackend().lower(fan_out_conv(), {"range_samples": 0})
     assert len(builds) == 2  # the second build already had the readers' steps as atoms
+
+
+def test_rebuilds_reuse_the_splits_of_unchanged_layers(monkeypatch):
+    # a rebuild searches again only the layers whose own limits or whose sources' splits
+    # changed (here the check asks for a finer split of the last FS layer); the others take
+    # their split from the last build, and the program equals one searched from scratch
+    import fs_hw_loihi.program as program
+    import fs_hw_loihi.resources as resources
+
+    real, builds = resources.check_program, []
+
+    def check(prog):
+        builds.append(prog)
+        if len(builds) == 1:
+            return {"f1": max(p.n for p in prog.layers["f1"].parts) // 2}
+        return real(prog)
+
+    monkeypatch.setattr(resources, "check_program", check)
+    net = fan_out_conv()
+    cached = LoihiBackend().lower(net, {"range_samples": 0})
+    assert len(builds) >= 2 and builds[0].reused_splits == []
+    assert builds[1].reused_splits == ["f0"]  # f1 changed; f0 reads the host only
+    n_builds = len(builds)
+    builds.clear()
+    monkeypatch.setattr(program.Lowering, "_decision_key", lambda self, layer, cap: object())  # never equal
+    fresh = LoihiBackend().lower(net, {"range_samples": 0})
+    assert len(builds) == n_builds and all(b.reused_splits == [] for b in builds)
+    assert len(fresh.payload.layers["f1"].parts) > len(builds[0].layers["f1"].parts)
+    for name, layer in fresh.payload.layers.items():
+        other = cached.payload.layers[name]
+        assert [(p.pixels, p.channels, p.n) for p in layer.parts] == [(p.pixels, p.channels, p.n) for p in other.parts]
+        assert layer.split_reason == other.split_reason
+    assert fresh.resources.cores == cached.resources.cores
+    _exact(cached, np.random.default_rng(4).uniform(0, 1, (2, 4, 3, 3)))
