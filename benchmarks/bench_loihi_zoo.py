@@ -7,6 +7,7 @@ Fashion MLP; each line prints the ratio of its lowering time to the baseline's, 
 figure means the same on a faster or slower machine::
 
     .venv/bin/python benchmarks/bench_loihi_zoo.py [resnet20 lenet ...] [--chips 64] [--out f.json]
+                                                   [--no-split-reuse]
 
 Optionally ``--run N`` runs N test images on nengo-loihi's emulator and compares them
 with the reference on the Loihi profile spike for spike (slow for the large networks).
@@ -46,6 +47,7 @@ def measure(name: str, path: Path, config: dict, run: int) -> dict:
         "cores": r.cores, "chips": r.chips, "compartments": r.extra["compartments"],
         "synapse_bits_per_weight": r.extra["synapse_bits_per_weight"],
         "synapse_entries_per_weight": r.extra["synapse_entries_per_weight"],
+        "reused_splits_last_build": len(art.payload.reused_splits),
     }
     if run:
         x, _ = load_dataset(net.metadata.get("dataset", "fashion-mnist"), "test")
@@ -65,7 +67,13 @@ def main(argv=None) -> int:
     ap.add_argument("--chips", type=int, default=64, help="chips on the board (default 64)")
     ap.add_argument("--run", type=int, default=0, help="test images to run on the emulator (default 0)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-split-reuse", action="store_true",
+                    help="search every layer's split in every rebuild (the lowering before the reuse, to compare)")
     args = ap.parse_args(argv)
+    if args.no_split_reuse:
+        import fs_hw_loihi.program as program
+
+        program.Lowering._decision_key = lambda self, layer, cap: object()  # never equal: never reused
     config = {"chips": args.chips}
     base = measure("bundled-mlp (baseline)", ROOT / "fs_hw" / "examples" / "fashion_mlp.fsnet", config, 0)
     rows = [base]
