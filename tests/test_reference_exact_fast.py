@@ -148,6 +148,19 @@ def test_property_adversarial_boundaries(seed, K, rule, conv, library, mode):
     assert_identical(net, x, library, batch_size=16, mode=mode)
 
 
+def _pre_activations_at(code, values):
+    """A network whose FS node (code ``code``) gets exactly ``values`` as pre-activations
+    (weights 0, so each is the bias itself), whatever the input."""
+    nodes = (
+        Input("x", (4,), "in"),
+        Dense("d0", "x", np.zeros((len(values), 4)), values),
+        FSActivation("f0", "d0", code.name),
+        Dense("d1", "f0", np.random.default_rng(0).normal(size=(3, len(values))), np.zeros(3)),
+        Readout("out", "d1"),
+    )
+    return Network(nodes, {"in": relu_code(1.0, code.K, name="in"), code.name: code}, {"name": "thresholds"})
+
+
 @pytest.mark.parametrize("name", [n for n in conformance.SCENARIOS if n.startswith("code:")][:4])
 def test_fitted_codes_at_their_thresholds(name):
     """Pre-activations exactly at, and a few ulps around, each threshold a fitted code's
@@ -159,16 +172,7 @@ def test_fitted_codes_at_their_thresholds(name):
     for _ in range(2):  # two ulps out as well
         values = np.concatenate([values, np.nextafter(values, np.inf), np.nextafter(values, -np.inf)])
     values = np.unique(values)
-    inp = relu_code(1.0, code.K, name="in")
-    nodes = (
-        Input("x", (4,), "in"),
-        Dense("d0", "x", np.zeros((len(values), 4)), values),
-        FSActivation("f0", "d0", code.name),
-        Dense("d1", "f0", np.random.default_rng(0).normal(size=(3, len(values))), np.zeros(3)),
-        Readout("out", "d1"),
-    )
-    net = Network(nodes, {"in": inp, code.name: code}, {"name": "thresholds"})
-    r = assert_identical(net, np.random.default_rng(0).uniform(0, 1, (5, 4)))
+    r = assert_identical(_pre_activations_at(code, values), np.random.default_rng(0).uniform(0, 1, (5, 4)))
     assert r.info["float32_full64"] > 0
 
 
@@ -356,15 +360,7 @@ def test_a_part_needing_the_whole_batch_falls_back_to_layer_by_layer(two_threads
     """Pre-activations on a fitted code's thresholds need float64 values of the whole
     batch (batch-size dependent sums): the parts stop and the batch runs layer by layer."""
     code = conformance._all_codes()[[n for n in conformance.SCENARIOS if n.startswith("code:")][0][5:]]
-    values = np.array([float(code.T[0]), float(code.T[1]), 0.0])
-    nodes = (
-        Input("x", (4,), "in"),
-        Dense("d0", "x", np.zeros((len(values), 4)), values),
-        FSActivation("f0", "d0", code.name),
-        Dense("d1", "f0", np.random.default_rng(0).normal(size=(3, len(values))), np.zeros(3)),
-        Readout("out", "d1"),
-    )
-    net = Network(nodes, {"in": relu_code(1.0, code.K, name="in"), code.name: code}, {"name": "thresholds"})
+    net = _pre_activations_at(code, np.array([float(code.T[0]), float(code.T[1]), 0.0]))
     r = assert_identical(net, np.random.default_rng(0).uniform(0, 1, (4 * fast32.PART_MIN + 3, 4)))
     assert r.info["float32_full64"] > 0 and r.info["float32_parallel_parts"] == 1
 

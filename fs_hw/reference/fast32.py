@@ -76,7 +76,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fs_hw.backend import RunResult
-from fs_hw.codes.relu import _POPCOUNT16, relu_closed_form
+from fs_hw.codes.relu import _POPCOUNT16, _popcount, relu_closed_form
 from fs_hw.dynamics import simulate_fs
 from fs_hw.ir.network import Network
 from fs_hw.ir.nodes import Add, AvgPool2d, Conv2d, Dense, Flatten, FSActivation, Input
@@ -735,8 +735,6 @@ def _popcount_sum(q: np.ndarray, levels: int) -> np.ndarray:
     n = len(q)
     if levels < 256 and q[0].size * 8 < 2**24:  # float32 sums of integers below 2^24: exact
         return _POPCOUNT_F32.take(q.astype(np.uint8)).reshape(n, -1).sum(axis=1).astype(np.int64)
-    from fs_hw.codes.relu import _popcount
-
     return _popcount(q.astype(np.int64)).reshape(n, -1).sum(axis=1)
 
 
@@ -833,7 +831,7 @@ def _decide_relu(ch: _Chunk, src: str, c: _Code, operands, E0, r, B, offset: int
             exact = ch.exact64(src).reshape(-1)[flagged[bad] + offset]
             qlo[bad] = _relu_levels(exact, c)
         q[np.unravel_index(flagged, q.shape)] = qlo
-        np.add.at(count, flagged // (q.size // m), kernels.popcount(qlo.astype(np.int64)))
+        np.add.at(count, flagged // (q.size // m), _popcount(qlo.astype(np.int64)))
 
 
 def _decide_generic(ch: _Chunk, src: str, c: _Code, t: np.ndarray, E, offset: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fs_hw.codes.relu import _POPCOUNT16
+from fs_hw.codes.relu import _popcount
 
 #: tests set this to run the numpy versions even where numba is installed
 FORCE_NUMPY = False
@@ -170,18 +170,8 @@ def _numpy_decide_relu(t, ratio, E0, r, B, levels, q, counts):
     undecided = level >= x - e
     level[undecided] = 0.0
     q[...] = level.reshape(q.shape)
-    counts[...] = popcount(level.astype(np.int64)).reshape(len(t), -1).sum(axis=1)
+    counts[...] = _popcount(level.astype(np.int64)).reshape(len(t), -1).sum(axis=1)
     return np.flatnonzero(undecided)
-
-
-def popcount(values: np.ndarray) -> np.ndarray:
-    """Binary digits set in each non-negative integer of ``values`` (int64)."""
-    count = _POPCOUNT16[values & 0xFFFF].astype(np.int64)
-    rest = values >> 16
-    while np.any(rest):
-        count += _POPCOUNT16[rest & 0xFFFF]
-        rest = rest >> 16
-    return count
 
 
 # -- the float64 recomputation of a convolution's neurons --------------------------------
