@@ -262,7 +262,8 @@ class Lowering:
     def __init__(self, network: Network, config: LoihiConfig, per_core: dict[str, int] | None = None,
                  observed: dict | None = None, replicated: set[str] | None = None,
                  pixel_caps: dict[str, int] | None = None, copies: dict[str, int] | None = None,
-                 atoms: set[str] | None = None, decisions: dict | None = None):
+                 atoms: set[str] | None = None, decisions: dict | None = None,
+                 analysis: tuple[dict, dict] | None = None):
         self.net = network
         self.cfg = config
         self.K = network.K
@@ -271,8 +272,10 @@ class Lowering:
         self.pixel_caps = dict(pixel_caps or {})
         self.n_copies = dict(copies or {})
         self.force_atoms = set(atoms or ())  # readers of a source with too many of them: steps as atoms
-        self.ranges = layer_ranges(network, observed)
-        self.rins: dict[str, ReceiverInput] = receiver_inputs(network)
+        # (ranges, receiver maps): the same for every build of lower_network, computed once
+        self.ranges: dict[str, LayerRange]
+        self.rins: dict[str, ReceiverInput]
+        self.ranges, self.rins = analysis or (layer_ranges(network, observed), receiver_inputs(network))
         self.layers: dict[str, Layer] = {}
         self.pending: dict[int, list[_Pending]] = {}
         self._dense_cache: dict[tuple[str, str], dict[int, tuple]] = {}
@@ -282,6 +285,7 @@ class Lowering:
         self.step_atoms: set[str] = set()  # conv layers whose rows hold the source steps as atoms
         self._plane_cache: dict[tuple, tuple] = {}
         self._arrays: dict[tuple, list[np.ndarray]] = {}  # interned axon maps, see _interned
+        self._step_maps: dict[tuple, np.ndarray] = {}  # conv axon maps by their groups, see _step_map
         #: FS layers' splits, kept across the builds of lower_network (see _decision_key)
         self.decisions = decisions if decisions is not None else {}
         self.reused: list[str] = []  # layers whose split this build took from ``decisions``
@@ -365,12 +369,16 @@ class Lowering:
             idx = np.broadcast_to((np.arange(c) * Kt)[None, :], (n_atoms, c))
         comp = np.arange(n_atoms) * K if host else np.arange(n_atoms * K)
         planes: dict[int, list[tuple[np.ndarray, int]]] = {}  # a plain map is shared by every step
+        atoms = self._interned(comp // K)
         out = []
         for s, (M, f) in enumerate(steps):
             if f == 0:
                 continue
             if id(M) not in planes:
                 planes[id(M)] = weight_planes(M[np.ix_(tp.neurons, sp.neurons)].T)
+            # the axon maps of step s, the same for every plane and digit
+            cmaps = [self._interned(np.full(comp.size, t) if host else np.where(comp % K == s, t, -1))
+                     for t in range(n_t)]
             for m, k in planes[id(M)]:
                 mmax = int(np.abs(m).max())
                 for sign, p in signed_digits(f):
@@ -379,11 +387,8 @@ class Lowering:
                     if replicate:
                         W = np.repeat(W, Kt, axis=1)
                     syn = _synapse(f"{label}.s{s}p{p}k{k}", [W], [idx], np.zeros(n_t), np.arange(n_t), exp, 32)
-                    axons = []
-                    for t in range(n_t):
-                        cmap = np.full(comp.size, t) if host else np.where(comp % K == s, t, -1)
-                        axons.append((sp, self._axon(f"{label}.s{s}t{t}", syn, cmap, comp // K), s))
-                    out.append(_Pending(syn, axons))
+                    out.append(_Pending(syn, [(sp, _axon(f"{label}.s{s}t{t}", syn, cmap, atoms, 1), s)
+                                              for t, cmap in enumerate(cmaps)]))
         return out
 
     def _conv_synapses(self, src: Layer, tp: Part, Kt: int, steps: list[tuple[ConvMap, int]],
@@ -428,17 +433,23 @@ class Lowering:
         for dy in range(kh):
             for dx in range(kw):
                 canon[(dy, dx)] = seen_taps.setdefault(np.ascontiguousarray(kernels[..., dy, dx]).tobytes(), (dy, dx))
+        used_tap = support.any(axis=1).tolist()  # [f][dy][dx]: plain lists, read in the loop below
         patterns: dict[tuple, int] = {}
         pattern_list: list[tuple] = []
         pix_axon: dict[int, tuple[int, int]] = {}  # source pixel -> (weight idx, base of t=0)
-        # only source rows that output rows [y_lo, y_hi] of this part read
+        # only source rows that output rows [y_lo, y_hi] of this part read (and, within one
+        # output row, only the source columns its pixels read)
         y_lo, y_hi = q0 // Wo, (q1 - 1) // Wo
+        if y_lo == y_hi:
+            cols = range(max(0, (q0 % Wo) * sw - pw), min(Wu, ((q1 - 1) % Wo) * sw - pw + kw))
+        else:
+            cols = range(Wu)
         for r in range(max(0, y_lo * sh - ph), min(Hu, y_hi * sh - ph + kh)):
             ys = [y for y in range(max(0, -(-(r + ph - kh + 1) // sh)), min(Ho - 1, (r + ph) // sh) + 1)
                   if 0 <= r + ph - y * sh < kh]
             if not ys:
                 continue
-            for col in range(Wu):
+            for col in cols:
                 entries = []
                 for y in ys:
                     dy = r + ph - y * sh
@@ -450,7 +461,7 @@ class Lowering:
                         if not q0 <= q < q1:
                             continue
                         for f in range(f0, f1):
-                            if support[f, :, dy, dx].any():
+                            if used_tap[f][dy][dx]:
                                 cy, cx = canon[(dy, dx)]
                                 for t in t_in_row:
                                     entries.append((((q - q0) * Cp + f - f0) * Kt + t, f, cy, cx))
@@ -489,37 +500,33 @@ class Lowering:
             return self._atom_synapses(steps, pattern_list, sources, a2w, bases, n_t, label)
         idxs = [np.broadcast_to(np.array([e[0] + offset for e in entries])[None, :], (Ci, len(entries)))
                 for entries, offset in pattern_list]
+        taps = [tuple(np.array([e[i] for e in entries], np.int64) for i in (1, 2, 3)) for entries, _ in pattern_list]
         planes: dict[int, list[tuple[list, int, int]]] = {}  # id(kernel map) -> [(rows, shift, max |m|)]
+        # a source part's axon groups are per neuron, so every step reads the same groups
+        senders = [(sp, comp, group, self._interned(ch), int(np.unique(group[group >= 0]).size),
+                    hashlib.blake2b(np.ascontiguousarray(group).data, digest_size=16).digest())
+                   for sp, comp, group, ch in sources]
         out = []
         for s, (sm, fs) in enumerate(steps):
             if fs == 0:
                 continue
-            # the source compartments that send at step s: the same for every plane and digit
-            senders = []
-            for sp, comp, group, ch in sources:
-                valid = group >= 0
-                if not host:
-                    valid = valid & (comp % K == s)
-                if valid.any():
-                    senders.append((sp, valid, group, ch, int(np.unique(group[valid]).size)))
             if id(sm) not in planes:
                 planes[id(sm)] = []
                 for mk, k in weight_planes(sm.kernel):
-                    rows = [np.array([[mk[f, ci, dy, dx] for (_, f, dy, dx) in entries] for ci in range(Ci)],
-                                     np.int64) for entries, _ in pattern_list]
+                    # a pattern's row: its entries' kernel taps, one line per input channel
+                    rows = [np.ascontiguousarray(mk[f, :, dy, dx].T, np.int64) for f, dy, dx in taps]
                     if any(r.any() for r in rows):
                         planes[id(sm)].append((rows, k, int(np.abs(mk).max())))
+            # the axon maps of step s are the same for every plane and digit: made once
+            maps = [(sp, [self._step_map(group, digest, comp, None if host else s, t, n_t) for t in range(n_t)],
+                     ch, n_ax) for sp, comp, group, ch, n_ax, digest in senders]
             for rows, k, mmax in planes[id(sm)]:
                 for sign, p in signed_digits(fs):
                     exp, _ = synapse_exponent(mmax, k + p)
                     W = [(r * sign) << (k + p) for r in rows]
                     syn = _synapse(f"{label}.s{s}p{p}k{k}", W, idxs, a2w, bases, exp, 32)
-                    axons = []
-                    for sp, valid, group, ch, n_ax in senders:
-                        for t in range(n_t):
-                            cmap = np.where(valid, group * n_t + t, -1)
-                            axons.append((sp, self._axon(f"{label}.s{s}t{t}", syn, cmap, ch, n_ax), s))
-                    out.append(_Pending(syn, axons))
+                    out.append(_Pending(syn, [(sp, _axon(f"{label}.s{s}t{t}", syn, cmap, ch, n_ax), s)
+                                              for sp, cmaps, ch, n_ax in maps for t, cmap in enumerate(cmaps)]))
         return out
 
     def _atom_synapses(self, steps: list[tuple[ConvMap, int]], pattern_list: list[tuple], sources: list,
@@ -540,6 +547,8 @@ class Lowering:
             valid = (group >= 0) & np.isin(step, [s for s, (_, f) in enumerate(steps) if f])
             if valid.any():
                 senders.append((sp, valid, group, ch * K + step, int(np.unique(group[valid]).size)))
+        maps = [(sp, [self._interned(np.where(valid, group * n_t + t, -1)) for t in range(n_t)],
+                 self._interned(atom), n_ax) for sp, valid, group, atom, n_ax in senders]
         out = []
         for mk, k in planes:
             # (K, Co, Ci, kh, kw) -> per pattern (Ci * K atoms, entries), atom = ci * K + s
@@ -553,12 +562,8 @@ class Lowering:
             mmax = int(np.abs(mk).max())
             exp, _ = synapse_exponent(mmax, k)
             syn = _synapse(f"{label}.a{k}", [r << k for r in rows], idxs, a2w, bases, exp, 32)
-            axons = []
-            for sp, valid, group, atom, n_ax in senders:
-                for t in range(n_t):
-                    cmap = np.where(valid, group * n_t + t, -1)
-                    axons.append((sp, self._axon(f"{label}.a{k}t{t}", syn, cmap, atom, n_ax), 0))
-            out.append(_Pending(syn, axons))
+            out.append(_Pending(syn, [(sp, _axon(f"{label}.a{k}t{t}", syn, cmap, atom, n_ax), 0)
+                                      for sp, cmaps, atom, n_ax in maps for t, cmap in enumerate(cmaps)]))
         return out
 
     def _step_planes(self, steps: list) -> list[tuple[np.ndarray, int]]:
@@ -704,14 +709,15 @@ class Lowering:
         part = Part.of(spec)
         part.feeds = feeds
         part.block = _block("trial", part.n * layer.K, 64)
-        kept, self._arrays = self._arrays, {}  # a trial's axon maps are not kept
+        # a trial's axon maps are not kept
+        kept, self._arrays, kept_maps, self._step_maps = self._arrays, {}, self._step_maps, {}
         try:
             syns = [p.synapse for p in self._incoming(layer, part, "trial")]
             if layer.kind == "fs":
                 syns += self._inhibition(layer, part, "trial")
             syns += [s for s, _ in self._clock_synapses(layer, part, "trial")]
         finally:
-            self._arrays = kept
+            self._arrays, self._step_maps = kept, kept_maps
         for s in syns:
             part.block.add_synapse(s)
         _unify_formats(part.block)
@@ -1073,6 +1079,7 @@ class Lowering:
             layers=self.layers, clock_start=start, resources={}, config=self.cfg, clock_cores=len(clocks),
             reused_splits=list(self.reused),
         )
+        program._maps = self.rins  # what resources.program_maps would compute again
         return program
 
     def _axon(self, label: str, target: Synapse, comp_map: np.ndarray, atoms: np.ndarray,
@@ -1082,6 +1089,24 @@ class Lowering:
         one read-only int32 array, not a copy per axon. A K = 16 conv core holds hundreds
         of axons, and these arrays were most of the lowering's memory."""
         return _axon(label, target, self._interned(comp_map), self._interned(atoms), n)
+
+    def _step_map(self, group: np.ndarray, digest: bytes, comp: np.ndarray, s: int | None, t: int,
+                  n_t: int) -> np.ndarray:
+        """The axon map of a conv source part for source step ``s`` (``None``: a host part,
+        which sends every step) and decision unit ``t``: axon ``group * n_t + t`` for the
+        compartments of step ``s`` that the target reads, -1 for the rest. Looked up by the
+        groups' digest first: a target part's planes, digits and channel blocks ask for the
+        same maps many times, and hashing each new array was a fifth of the lowering."""
+        key = (digest, group.size, comp.size, int(comp[-1]) if comp.size else -1, s, t, n_t)
+        found = self._step_maps.get(key)
+        if found is None:
+            valid = group >= 0
+            if s is not None:
+                valid &= comp % self.K == s
+            found = np.where(valid, group * n_t + t, -1).astype(np.int32)
+            found.flags.writeable = False  # shared by every axon that asks for it
+            self._step_maps[key] = found
+        return found
 
     def _interned(self, a: np.ndarray) -> np.ndarray:
         a = np.ascontiguousarray(a, np.int32)
@@ -1132,9 +1157,10 @@ def lower_network(network: Network, config: LoihiConfig, observed: dict | None =
     copies: dict[str, int] = {}
     atoms: set[str] = set()
     decisions: dict = {}  # layers whose inputs did not change keep their split (Lowering._decision_key)
+    analysis = (layer_ranges(network, observed), receiver_inputs(network))
     for attempt in range(1, 13):
         program = Lowering(network, config, overrides, observed, replicated, pixel_caps, copies, atoms,
-                           decisions).build()
+                           decisions, analysis).build()
         shrink = check_program(program)
         if not shrink:
             return program
