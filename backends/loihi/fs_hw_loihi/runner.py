@@ -14,7 +14,7 @@ from fs_hw.dynamics import simulate_fs
 from fs_hw.errors import FSHWError, MissingDependencyError
 from fs_hw.reference.simulator import prepare_inputs
 from fs_hw_loihi.fixedpoint import CHIP_UNIT
-from fs_hw_loihi.program import Program
+from fs_hw_loihi.program import Program, progress
 
 
 class StrictEmulator(EmulatorInterface):
@@ -66,6 +66,26 @@ def _queue_inputs(program: Program, train: np.ndarray) -> None:
     program.clock_start.add_spikes(1, np.array([0]))
 
 
+#: how often a long emulator run says how far it is (seconds)
+PROGRESS_EVERY_S = 30.0
+
+
+def _run_with_progress(emu: EmulatorInterface, steps: int, program: Program) -> None:
+    """``emu.run_steps(steps)``, one step at a time (the same steps: nengo-loihi's own
+    ``run_steps`` is this loop), saying every :data:`PROGRESS_EVERY_S` seconds how many
+    steps are done and about how long the rest takes: a large network runs for hours."""
+    started = last = time.perf_counter()
+    for done in range(1, steps + 1):
+        emu.step()
+        now = time.perf_counter()
+        if now - last >= PROGRESS_EVERY_S and done < steps:
+            last = now
+            per_step = (now - started) / done
+            progress.info("emulator: step %d of %d, %.1f s a step, about %.0f s left (%d cores, %d axon objects)",
+                          done, steps, per_step, per_step * (steps - done), len(program.model.blocks),
+                          len(emu.axons.slices))
+
+
 def run_program(program: Program, inputs: np.ndarray, profile: NumericProfile,
                 record_spikes: bool = True, runner: str = "emulator") -> RunResult:
     net = program.network
@@ -84,7 +104,7 @@ def run_program(program: Program, inputs: np.ndarray, profile: NumericProfile,
             warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning)
             emu = StrictEmulator(program.model, seed=program.config.seed)
         with emu:
-            emu.run_steps(steps)
+            _run_with_progress(emu, steps, program)
             data = {id(p): np.asarray(emu.collect_probe_output(p)) for p in probes}
     else:  # pragma: no cover - needs NxSDK and a Loihi board
         data = _run_hardware(program, steps, probes)

@@ -92,3 +92,21 @@ def test_source_steps_as_atoms_exact(scenario):
     art, _ = _check(net, x, {"synapse_rows": "atoms"})
     atoms = [name for name, lr in art.resources.layers.items() if "source steps as atoms" in lr.split]
     assert atoms, {name: lr.split for name, lr in art.resources.layers.items()}
+
+
+def test_long_emulator_runs_say_how_far_they_are(monkeypatch, caplog):
+    """A progress line per PROGRESS_EVERY_S seconds, with the steps done and the axon
+    objects the emulator loops over (what its time grows with); the run is unchanged."""
+    import logging
+
+    import fs_hw_loihi.runner as runner
+
+    net, x = conformance.scenario("mlp_relu_ge", samples=3, seed=7)
+    monkeypatch.setattr(runner, "PROGRESS_EVERY_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="fs_hw.progress.loihi"):
+        art, res = _check(net, x)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("emulator: step")]
+    steps = res.info["steps"]
+    assert len(lines) == steps - 1  # every step but the last, which ends the run
+    assert lines[0].startswith(f"emulator: step 1 of {steps}, ")
+    assert f"({len(art.payload.model.blocks)} cores, " in lines[-1]
