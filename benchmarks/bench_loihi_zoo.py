@@ -48,6 +48,7 @@ def measure(name: str, path: Path, config: dict, run: int) -> dict:
         "synapse_bits_per_weight": r.extra["synapse_bits_per_weight"],
         "synapse_entries_per_weight": r.extra["synapse_entries_per_weight"],
         "reused_splits_last_build": len(art.payload.reused_splits),
+        "axon_objects": r.extra["axon_objects"],
     }
     if run:
         x, _ = load_dataset(net.metadata.get("dataset", "fashion-mnist"), "test")

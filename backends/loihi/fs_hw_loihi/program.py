@@ -1163,10 +1163,9 @@ def lower_network(network: Network, config: LoihiConfig, observed: dict | None =
                            decisions, analysis).build()
         shrink = check_program(program)
         if not shrink:
-            model = program.model
-            axons = sum(len(b.axons) for b in model.blocks) + sum(len(i.axons) for i in model.inputs)
+            res = program.resources
             progress.info("build %d fits: %d cores on %d chip(s), %d axon objects (nengo-loihi's emulator visits "
-                          "each one every step)", attempt, len(model.blocks), program.resources.chips, axons)
+                          "each one every step)", attempt, res.cores, res.chips, res.extra["axon_objects"])
             return program
         progress.info("build %d: layers %s need another split (output axons or cores); building again",
                       attempt, ", ".join(sorted(shrink)))

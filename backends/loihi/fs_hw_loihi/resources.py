@@ -205,6 +205,8 @@ def summarize(program: Program, cores_by_layer: dict[str, int]) -> Resources:
         "synapse_bits_per_weight": round(data_bits / ir_weights, 2) if ir_weights else None,
         "input_axons": int(sum(u["in_axons"] for u in uses)),
         "output_axon_slots": int(sum(u["out_axons"] for u in uses)),
+        # nengo-loihi's emulator visits every axon object every step: its time grows with them
+        "axon_objects": int(sum(len(b.axons) for b in blocks) + sum(len(i.axons) for i in program.model.inputs)),
         "max_core_use": ", ".join(f"{lim.name} {max(u[lim.name] for u in uses)}/{lim.value}"
                                   for lim in CORE_LIMITS),
         "K": int(program.K),

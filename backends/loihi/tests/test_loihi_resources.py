@@ -59,6 +59,18 @@ def test_resources_reported():
     assert res.to_dict()["layers"]["fs0"]["parts"] == 1
 
 
+# nengo-loihi fills unused emulator state with NaN before casting it to int32 (the runner filters it too)
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast")
+def test_axon_objects_are_what_the_emulator_visits_each_step():
+    from fs_hw_loihi.runner import StrictEmulator
+
+    net, _ = conformance.scenario("conv")
+    art = LoihiBackend().lower(net, {})
+    emu = StrictEmulator(art.payload.model, seed=0)
+    visited = len(emu.axons.slices) + sum(len(si.axons) for si in emu.inputs)
+    assert art.resources.extra["axon_objects"] == visited > len(art.payload.model.blocks)
+
+
 def test_dense_layer_split_over_cores_by_memory():
     art = LoihiBackend().lower(_mlp(784, 64), {})
     layers = art.resources.layers
