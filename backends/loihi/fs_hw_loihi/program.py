@@ -1097,7 +1097,7 @@ class Lowering:
         compartments of step ``s`` that the target reads, -1 for the rest. Looked up by the
         groups' digest first: a target part's planes, digits and channel blocks ask for the
         same maps many times, and hashing each new array was a fifth of the lowering."""
-        key = (digest, group.size, comp.size, int(comp[-1]) if comp.size else -1, s, t, n_t)
+        key = (digest, group.size, s, t, n_t)  # comp follows from group.size and whether s is None
         found = self._step_maps.get(key)
         if found is None:
             valid = group >= 0

@@ -82,8 +82,8 @@ def _run_with_progress(emu: EmulatorInterface, steps: int, program: Program) -> 
             last = now
             per_step = (now - started) / done
             progress.info("emulator: step %d of %d, %.1f s a step, about %.0f s left (%d cores, %d axon objects)",
-                          done, steps, per_step, per_step * (steps - done), len(program.model.blocks),
-                          len(emu.axons.slices))
+                          done, steps, per_step, per_step * (steps - done), program.resources.cores,
+                          program.resources.extra["axon_objects"])
 
 
 def run_program(program: Program, inputs: np.ndarray, profile: NumericProfile,
